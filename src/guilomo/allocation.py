@@ -1,0 +1,227 @@
+"""The allocation: how many LoRA experts each adapted module gets and the rank of each.
+
+An :class:`Allocation` maps a module's full path (``model.layers.0.self_attn.q_proj``)
+to a :class:`ModuleAllocation` (expert count, one rank per expert, optional top-k)
+and carries metadata (backbone, task, source, budget, trainable parameters).
+It validates on creation and on load, and is saved as ``allocation.json``::
+
+    {"format": "guilomo.allocation/1",
+     "top_k": 2,
+     "modules": {"model.layers.0.self_attn.q_proj": {"experts": 3, "ranks": [8, 4, 2]}, ...},
+     "meta": {"backbone": "smollm2_135m", "task": "...", "source": "guilomo-search", ...}}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from guilomo.utils.io import atomic_write_text
+
+FORMAT = "guilomo.allocation/1"
+
+
+class AllocationError(ValueError):
+    """An allocation that is malformed or does not fit the model it is used with."""
+
+
+@dataclass(frozen=True)
+class ModuleAllocation:
+    """Experts of one adapted linear layer: ``ranks[i]`` is the rank of expert ``i``."""
+
+    ranks: tuple[int, ...]
+    top_k: int | None = None  # None: the allocation's default top-k
+
+    def __post_init__(self):
+        object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
+        if not self.ranks:
+            raise AllocationError("a module needs at least one expert (ranks is empty)")
+        if any(r < 1 for r in self.ranks):
+            raise AllocationError(f"every rank must be >= 1, got {list(self.ranks)}")
+        if self.top_k is not None and self.top_k < 1:
+            raise AllocationError(f"top_k must be >= 1, got {self.top_k}")
+
+    @property
+    def experts(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def total_rank(self) -> int:
+        return sum(self.ranks)
+
+    def params(self, d_in: int, d_out: int, router: bool = True) -> int:
+        """Trainable parameters: A (r x d_in) and B (d_out x r) per expert, plus the router."""
+        lora = self.total_rank * (d_in + d_out)
+        return lora + (self.experts * d_in if router and self.experts > 1 else 0)
+
+
+@dataclass
+class Allocation:
+    """Per-module expert counts and ranks, plus the metadata of how they were obtained."""
+
+    modules: dict[str, ModuleAllocation]
+    top_k: int = 2
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.modules:
+            raise AllocationError("allocation has no modules")
+        if self.top_k < 1:
+            raise AllocationError(f"top_k must be >= 1, got {self.top_k}")
+        self.modules = {
+            name: m if isinstance(m, ModuleAllocation) else _module_from_dict(name, m)
+            for name, m in self.modules.items()
+        }
+
+    def top_k_of(self, name: str) -> int:
+        """Top-k used by a module: its own, else the default, never more than its experts."""
+        m = self.modules[name]
+        return min(m.top_k or self.top_k, m.experts)
+
+    # -- summaries -------------------------------------------------------------------
+    @property
+    def total_experts(self) -> int:
+        return sum(m.experts for m in self.modules.values())
+
+    @property
+    def total_rank(self) -> int:
+        return sum(m.total_rank for m in self.modules.values())
+
+    def trainable_params(self, shapes: Mapping[str, tuple[int, int]], router: bool = True) -> int:
+        """Trainable parameters given ``shapes[name] = (d_in, d_out)`` of every module."""
+        self.check_modules(shapes.keys())
+        return sum(m.params(*shapes[n], router=router) for n, m in self.modules.items())
+
+    # -- validation against a model ---------------------------------------------------
+    def check_modules(self, available: Iterable[str]) -> None:
+        """Raise if the allocation names modules the model does not have."""
+        available = set(available)
+        unknown = sorted(set(self.modules) - available)
+        if unknown:
+            hint = sorted(available)[:3]
+            backbone = self.meta.get("backbone", "?")
+            raise AllocationError(
+                f"{len(unknown)} module(s) of the allocation are not in this model, e.g. "
+                f"{unknown[:3]}; the model has e.g. {hint}. The allocation was made for "
+                f"backbone '{backbone}' (num_layers={self.meta.get('num_layers')}): load the "
+                "same backbone, or make a new allocation for this one."
+            )
+
+    def check_backbone(self, backbone_id: str | None, num_layers: int | None = None) -> None:
+        """Raise if the metadata says the allocation was made for another backbone."""
+        made_for = self.meta.get("backbone")
+        if backbone_id and made_for and made_for != backbone_id:
+            raise AllocationError(
+                f"allocation was made for backbone '{made_for}', not '{backbone_id}': "
+                f"use backbone={made_for}, or search/generate an allocation for {backbone_id}"
+            )
+        layers = self.meta.get("num_layers")
+        if num_layers and layers and int(layers) != int(num_layers):
+            raise AllocationError(
+                f"allocation was made for {layers} layers but the backbone has {num_layers}: "
+                f"set backbone.loader.num_layers={layers} or make a new allocation"
+            )
+
+    # -- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        modules = {}
+        for name, m in self.modules.items():
+            d = {"experts": m.experts, "ranks": list(m.ranks)}
+            if m.top_k is not None:
+                d["top_k"] = m.top_k
+            modules[name] = d
+        return {"format": FORMAT, "top_k": self.top_k, "modules": modules, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Allocation:
+        if not isinstance(data, Mapping) or "modules" not in data:
+            raise AllocationError("an allocation is a JSON object with a 'modules' mapping")
+        fmt = data.get("format", FORMAT)
+        if fmt != FORMAT:
+            raise AllocationError(f"unsupported allocation format '{fmt}' (expected '{FORMAT}')")
+        if not isinstance(data["modules"], Mapping):
+            raise AllocationError("'modules' must map module paths to {experts, ranks}")
+        return cls(
+            modules=dict(data["modules"]),
+            top_k=int(data.get("top_k", 2)),
+            meta=dict(data.get("meta") or {}),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``allocation.json`` atomically (a crash never leaves half a file)."""
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Allocation:
+        path = Path(path)
+        if not path.is_file():
+            raise AllocationError(
+                f"allocation file {path} not found: pass the allocation.json written by "
+                "search.py (printed at its end), or choose a baseline allocation"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise AllocationError(
+                f"allocation file {path} is not valid JSON ({e}); it may be truncated or "
+                "corrupt: re-run search.py or restore the file"
+            ) from e
+        try:
+            return cls.from_dict(data)
+        except AllocationError as e:
+            raise AllocationError(f"{path}: {e}") from e
+
+    def summary(self) -> str:
+        n = len(self.modules)
+        return (
+            f"{n} modules, {self.total_experts} experts "
+            f"(mean {self.total_experts / n:.2f}), total rank {self.total_rank}, top-{self.top_k}"
+        )
+
+
+def _module_from_dict(name: str, d) -> ModuleAllocation:
+    try:
+        if not isinstance(d, Mapping):
+            raise AllocationError("expected {'experts': N, 'ranks': [r_1, ..., r_N]}")
+        ranks = d.get("ranks")
+        experts = d.get("experts", len(ranks) if isinstance(ranks, list) else None)
+        if not isinstance(ranks, list) or not all(
+            isinstance(r, int) and not isinstance(r, bool) for r in ranks
+        ):
+            raise AllocationError(f"'ranks' must be a list of integers, got {ranks!r}")
+        if experts != len(ranks):
+            raise AllocationError(
+                f"'experts' is {experts} but 'ranks' lists {len(ranks)} ranks: give one rank "
+                "per expert"
+            )
+        top_k = d.get("top_k")
+        if top_k is not None and top_k > len(ranks):
+            raise AllocationError(
+                f"top_k={top_k} is greater than the number of experts ({len(ranks)}): lower "
+                "top_k or add experts"
+            )
+        return ModuleAllocation(ranks=tuple(ranks), top_k=top_k)
+    except AllocationError as e:
+        raise AllocationError(f"module '{name}': {e}") from e
+
+
+def uniform(names: Iterable[str], experts: int, rank: int, top_k: int = 2, **meta) -> Allocation:
+    """The same ``experts`` experts of rank ``rank`` in every module."""
+    names = list(names)
+    if experts < 1 or rank < 1:
+        raise AllocationError(f"experts and rank must be >= 1, got {experts}, {rank}")
+    top_k = min(top_k, experts)
+    return Allocation({n: ModuleAllocation((rank,) * experts) for n in names}, top_k, dict(meta))
+
+
+def layer_of(name: str) -> int:
+    """Decoder-layer index in a module path (the first integer component), else -1."""
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part)
+    return -1
+

@@ -1,0 +1,54 @@
+"""Settings of the LoRA-MoE adapter, validated on creation (peft-style config dataclass)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+SCALINGS = ("per_expert", "last_expert")
+IMPLS = ("masked", "loop")
+INITS = ("kaiming", "normal")
+REDUCTIONS = ("mean", "sum")
+
+
+@dataclass
+class LoraMoEConfig:
+    """How every adapted module computes its LoRA-MoE delta.
+
+    - ``alpha``: LoRA alpha; expert ``i`` is scaled by ``alpha / r_i``.
+    - ``scaling``: ``per_expert`` (correct) or ``last_expert`` (the reference's bug:
+      every expert of a module uses ``alpha / r_last``).
+    - ``impl``: ``masked`` (concatenated experts, two GEMMs; production) or ``loop``
+      (one expert at a time; the correctness reference).
+    - ``init``: ``kaiming`` (A Kaiming-uniform, B zero) or ``normal`` (N(0, 0.02) for
+      both A and B, the reference's search-time init).
+    - ``aux_coef``: weight of the load-balancing loss; ``aux_reduction`` combines the
+      per-module losses (``mean`` or ``sum``).
+    """
+
+    alpha: float = 16.0
+    dropout: float = 0.05
+    scaling: str = "per_expert"
+    impl: str = "masked"
+    init: str = "kaiming"
+    aux_coef: float = 0.001
+    aux_reduction: str = "mean"
+
+    def __post_init__(self):
+        _choice("scaling", self.scaling, SCALINGS)
+        _choice("impl", self.impl, IMPLS)
+        _choice("init", self.init, INITS)
+        _choice("aux_reduction", self.aux_reduction, REDUCTIONS)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if self.aux_coef < 0:
+            raise ValueError(f"aux_coef must be >= 0, got {self.aux_coef}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}='{value}' is not one of {list(allowed)}")
