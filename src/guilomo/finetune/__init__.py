@@ -1,0 +1,1 @@
+"""Stage 2: fine-tune a LoRA-MoE from a fixed allocation and evaluate it."""

@@ -1,0 +1,42 @@
+"""Score a model on a datamodule's held-out test split, the way the config asks.
+
+``mode=loglik`` ranks the options of multiple-choice tasks by log-likelihood;
+``mode=generate`` decodes greedily and reads the answer with the task's regex.
+Free-form tasks always use generation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from guilomo.eval.evaluate import evaluate
+
+
+def evaluate_datamodule(model, tokenizer, dm, eval_cfg) -> dict:
+    if not getattr(dm, "test_examples", None):
+        dm.setup("test")
+    examples = list(dm.test_examples)
+    if eval_cfg.get("limit"):
+        examples = examples[: int(eval_cfg.limit)]
+    spec = dm.spec
+    mode = eval_cfg.mode if spec.multiple_choice else "generate"
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        result = evaluate(
+            model,
+            tokenizer,
+            prompts=[dm.prompt_text(ex) for ex in examples],
+            golds=[ex.answer for ex in examples],
+            options=[list(ex.options) for ex in examples] if spec.multiple_choice else None,
+            labels=[ex.label for ex in examples] if spec.multiple_choice else None,
+            answer_pattern=spec.answer_pattern,
+            mode=mode,
+            metrics=list(spec.metrics),
+            batch_size=int(eval_cfg.batch_size),
+            max_new_tokens=int(eval_cfg.max_new_tokens),
+        )
+    model.train(was_training)
+    result["n"] = len(examples)
+    result["mode"] = mode
+    return result

@@ -1,0 +1,122 @@
+"""Stage 2: fine-tune a fresh LoRA-MoE from an allocation, evaluate it, write the results.
+
+``run_train(cfg)`` loads the backbone and task, gets the allocation (a file written
+by ``search.py`` or a baseline generated for this backbone, optionally scaled to the
+budget), scores the untouched backbone (zero-shot), trains, scores again, and writes
+``metrics.json``, the adapter folder and Lightning checkpoints into the run dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from guilomo.allocation import Allocation
+from guilomo.baselines import make_baseline, scale_to_budget
+from guilomo.finetune.evaluation import evaluate_datamodule
+from guilomo.finetune.module import FinetuneModule
+from guilomo.moe import inject_adapter, module_shapes, save_adapter, trainable_parameters
+from guilomo.pipeline import (
+    build_backbone,
+    build_budget,
+    build_datamodule,
+    build_lora_config,
+    build_targets,
+    build_trainer,
+    run_dir,
+)
+from guilomo.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def resolve_allocation(cfg: DictConfig, targets: dict, num_layers: int) -> Allocation:
+    """The allocation named by ``cfg.allocation``: a file, or a baseline for these targets."""
+    spec = OmegaConf.to_container(cfg.allocation, resolve=True)
+    kind = spec.pop("kind")
+    shapes = module_shapes(targets)
+    budget = build_budget(cfg)
+    if kind == "file":
+        alloc = Allocation.load(spec["path"])
+        alloc.check_backbone(cfg.backbone.id, num_layers)
+        alloc.check_modules(targets)
+        budget.check(alloc, shapes)
+        return alloc
+    alloc = make_baseline(kind, targets, seed=cfg.seed, budget=budget, **spec)
+    if budget.active and kind != "random":
+        alloc = scale_to_budget(alloc, budget, shapes)
+    alloc.meta.update(backbone=cfg.backbone.id, num_layers=num_layers, task=cfg.task.id)
+    return alloc
+
+
+def run_train(cfg: DictConfig) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
+    out = run_dir(cfg)
+    model, tokenizer = build_backbone(cfg)
+    num_layers = model.config.num_hidden_layers
+    targets = build_targets(cfg, model)
+    alloc = resolve_allocation(cfg, targets, num_layers)
+    alloc.save(out / "allocation.json")
+    log.info("allocation: %s", alloc.summary())
+
+    dm = build_datamodule(cfg, tokenizer)
+    dm.setup("fit")
+    metrics: dict = {}
+    if cfg.eval.zero_shot:
+        metrics["zero_shot"] = evaluate_datamodule(model, tokenizer, dm, cfg.eval)
+
+    lora_cfg = build_lora_config(cfg)
+    inject_adapter(model, alloc, lora_cfg)
+    n_params = trainable_parameters(model)
+    total_steps = cfg.trainer.max_steps
+    module = FinetuneModule(
+        model,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        warmup_steps=cfg.optim.warmup_steps,
+        total_steps=total_steps,
+        aux_coef=lora_cfg.aux_coef,
+        aux_reduction=lora_cfg.aux_reduction,
+    )
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+
+    model.eval()
+    metrics["finetuned"] = evaluate_datamodule(model, tokenizer, dm, cfg.eval)
+    if cfg.save_adapter:
+        save_adapter(model, out / "adapter", alloc, lora_cfg, base_model=cfg.backbone.id)
+    result = {
+        "task": cfg.task.id,
+        "backbone": cfg.backbone.id,
+        "num_layers": num_layers,
+        "allocation": {"kind": cfg.allocation.kind, "source": alloc.meta.get("source", cfg.allocation.kind),
+                       "summary": alloc.summary()},
+        "trainable_params": n_params,
+        "seed": cfg.seed,
+        "steps": trainer.global_step,
+        "metrics": metrics,
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=1) + "\n")
+    print(format_table(result))
+    print(f"metrics: {Path(out) / 'metrics.json'}")
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A small text table: zero-shot vs fine-tuned metrics and trainable parameters."""
+    m = result["metrics"]
+    names = sorted({k for part in m.values() for k in part if isinstance(part[k], (int, float))})
+    rows = [f"{'':12s}" + "".join(f"{n:>14s}" for n in names) + f"{'trainable':>14s}"]
+    for stage, vals in m.items():
+        params = result["trainable_params"] if stage == "finetuned" else 0
+        cells = "".join(
+            f"{vals[n]:>14.4f}" if isinstance(vals.get(n), (int, float)) else f"{'-':>14s}"
+            for n in names
+        )
+        rows.append(f"{stage:12s}{cells}{params:>14,d}")
+    title = f"{result['task']} on {result['backbone']} ({result['allocation']['summary']})"
+    return "\n".join([title, *rows])

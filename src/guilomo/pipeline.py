@@ -1,0 +1,68 @@
+"""Builders shared by ``search.py`` and ``train.py``: Hydra config -> objects.
+
+Each builder instantiates one config group (backbone, task, adapter, logger,
+callbacks, trainer) so the two entry points stay short and compose the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from guilomo.budget import Budget
+from guilomo.moe import LoraMoEConfig, find_targets
+
+
+def build_backbone(cfg: DictConfig):
+    """(model, tokenizer) from ``cfg.backbone.loader``."""
+    return hydra.utils.call(cfg.backbone.loader)
+
+
+def build_targets(cfg: DictConfig, model):
+    """``{module path: nn.Linear}`` selected by ``backbone.target_modules`` and ``layers``."""
+    layers = cfg.get("layers")
+    return find_targets(
+        model,
+        _plain(cfg.backbone.target_modules),
+        None if layers is None else list(layers),
+    )
+
+
+def build_datamodule(cfg: DictConfig, tokenizer):
+    return hydra.utils.instantiate(cfg.task.datamodule, tokenizer=tokenizer, _convert_="all")
+
+
+def build_lora_config(cfg: DictConfig) -> LoraMoEConfig:
+    return LoraMoEConfig(**_plain(cfg.adapter))
+
+
+def build_budget(cfg: DictConfig) -> Budget:
+    b = cfg.get("budget") or {}
+    return Budget(kind=b.get("kind", "none"), value=b.get("value"))
+
+
+def build_trainer(cfg: DictConfig, **overrides):
+    """Lightning Trainer from ``cfg.trainer`` with the configured loggers and callbacks."""
+    loggers = _instantiate_all(cfg.get("logger"))
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    return hydra.utils.instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides
+    )
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    path = Path(cfg.paths.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _instantiate_all(group) -> list:
+    if not group:
+        return []
+    return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
