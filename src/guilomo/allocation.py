@@ -14,6 +14,7 @@ It validates on creation and on load, and is saved as ``allocation.json``::
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +36,25 @@ class ModuleAllocation:
     top_k: int | None = None  # None: the allocation's default top-k
 
     def __post_init__(self):
-        object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
-        if not self.ranks:
+        ranks = tuple(self.ranks)
+        if not ranks:
             raise AllocationError("a module needs at least one expert (ranks is empty)")
+        if not all(_is_int(r) for r in ranks):  # never truncate 2.5 to 2 silently
+            raise AllocationError(f"every rank must be an integer, got {list(ranks)!r}")
+        object.__setattr__(self, "ranks", tuple(operator.index(r) for r in ranks))
         if any(r < 1 for r in self.ranks):
             raise AllocationError(f"every rank must be >= 1, got {list(self.ranks)}")
-        if self.top_k is not None and self.top_k < 1:
-            raise AllocationError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_k is not None:
+            if not _is_int(self.top_k):
+                raise AllocationError(f"top_k must be an integer, got {self.top_k!r}")
+            object.__setattr__(self, "top_k", operator.index(self.top_k))
+            if self.top_k < 1:
+                raise AllocationError(f"top_k must be >= 1, got {self.top_k}")
+            if self.top_k > len(self.ranks):
+                raise AllocationError(
+                    f"top_k={self.top_k} is greater than the number of experts "
+                    f"({len(self.ranks)}): lower top_k or add experts"
+                )
 
     @property
     def experts(self) -> int:
@@ -68,6 +81,9 @@ class Allocation:
     def __post_init__(self):
         if not self.modules:
             raise AllocationError("allocation has no modules")
+        if not _is_int(self.top_k):
+            raise AllocationError(f"top_k must be an integer, got {self.top_k!r}")
+        self.top_k = operator.index(self.top_k)  # a plain int (JSON-serialisable)
         if self.top_k < 1:
             raise AllocationError(f"top_k must be >= 1, got {self.top_k}")
         self.modules = {
@@ -145,8 +161,8 @@ class Allocation:
             raise AllocationError("'modules' must map module paths to {experts, ranks}")
         return cls(
             modules=dict(data["modules"]),
-            top_k=int(data.get("top_k", 2)),
-            meta=dict(data.get("meta") or {}),
+            top_k=data.get("top_k", 2),
+            meta=_meta_from(data.get("meta")),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -165,7 +181,7 @@ class Allocation:
             )
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise AllocationError(
                 f"allocation file {path} is not valid JSON ({e}); it may be truncated or "
                 "corrupt: re-run search.py or restore the file"
@@ -198,15 +214,28 @@ def _module_from_dict(name: str, d) -> ModuleAllocation:
                 f"'experts' is {experts} but 'ranks' lists {len(ranks)} ranks: give one rank "
                 "per expert"
             )
-        top_k = d.get("top_k")
-        if top_k is not None and top_k > len(ranks):
-            raise AllocationError(
-                f"top_k={top_k} is greater than the number of experts ({len(ranks)}): lower "
-                "top_k or add experts"
-            )
-        return ModuleAllocation(ranks=tuple(ranks), top_k=top_k)
+        return ModuleAllocation(ranks=tuple(ranks), top_k=d.get("top_k"))
     except AllocationError as e:
         raise AllocationError(f"module '{name}': {e}") from e
+
+
+def _is_int(x) -> bool:
+    """An integer (int, numpy or 0-d integer tensor), not a bool, float or string."""
+    if isinstance(x, bool):
+        return False
+    try:
+        operator.index(x)
+    except TypeError:
+        return False
+    return True
+
+
+def _meta_from(meta) -> dict:
+    if meta is None:
+        return {}
+    if not isinstance(meta, Mapping):
+        raise AllocationError(f"'meta' must be a JSON object, got {type(meta).__name__}")
+    return dict(meta)
 
 
 def uniform(names: Iterable[str], experts: int, rank: int, top_k: int = 2, **meta) -> Allocation:

@@ -1,0 +1,77 @@
+"""Builders shared by the allocation / LoRA-MoE tests: a tiny random LLaMA, random
+heterogeneous allocations, and adapters with non-trivial weights."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from guilomo.allocation import Allocation, ModuleAllocation
+from guilomo.moe import LoraMoELinear, adapter_modules
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+VOCAB = 97
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    """A random 2-layer LLaMA (hidden 64, intermediate 128, 4 heads, 2 kv heads), fp32, eval."""
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.eval()
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Full paths of the targeted linear layers of ``model``, in module order."""
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n.split(".")[-1] in TARGETS
+    ]
+
+
+def random_allocation(
+    names: list[str], seed: int = 0, max_experts: int = 8, max_rank: int = 8, top_k: int = 2, **meta
+) -> Allocation:
+    """Random expert counts (1..max_experts) and ranks (1..max_rank) per module."""
+    rng = random.Random(seed)
+    modules = {}
+    for n in names:
+        e = rng.randint(1, max_experts)
+        modules[n] = ModuleAllocation(tuple(rng.randint(1, max_rank) for _ in range(e)))
+    return Allocation(modules, top_k=top_k, meta=dict(meta))
+
+
+@torch.no_grad()
+def randomize_adapter(model_or_layer: nn.Module, seed: int = 0, std: float = 0.2) -> None:
+    """Give every adapter a nonzero B (and perturb A and the router) so the delta matters."""
+    g = torch.Generator().manual_seed(seed)
+    layers = (
+        [model_or_layer]
+        if isinstance(model_or_layer, LoraMoELinear)
+        else list(adapter_modules(model_or_layer).values())
+    )
+    for m in layers:
+        m.lora_B.copy_(std * torch.randn(m.lora_B.shape, generator=g))
+        m.lora_A.add_(0.1 * torch.randn(m.lora_A.shape, generator=g))
+        if m.router is not None:
+            m.router.copy_(torch.randn(m.router.shape, generator=g))
+
+
+def input_ids(batch: int = 2, seq: int = 7, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (batch, seq), generator=g)
