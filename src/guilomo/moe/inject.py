@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Sequence
 
@@ -82,15 +83,27 @@ def inject_adapter(
         layer = factory(
             modules[name], spec.ranks, allocation.top_k_of(name), config=config, context=context
         )
+        layer.train(modules[name].training)  # an eval-mode backbone stays in eval mode
         setattr(parent, child, layer)
     object.__setattr__(model, CONTEXT_ATTR, context)  # not a submodule, not in state_dict
-    model.register_forward_pre_hook(_record_mask(context), with_kwargs=True)
+    model.register_forward_pre_hook(_record_mask(context, model), with_kwargs=True)
     return model
 
 
-def _record_mask(context: RoutingContext):
+def _record_mask(context: RoutingContext, model: nn.Module):
+    """Pre-hook storing the forward's 2-D ``attention_mask`` (keyword or positional)."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        signature = None
+
     def hook(module, args, kwargs):
         mask = kwargs.get("attention_mask")
+        if mask is None and args and signature is not None:  # e.g. model(ids, mask)
+            try:
+                mask = signature.bind_partial(*args, **kwargs).arguments.get("attention_mask")
+            except TypeError:
+                mask = None
         context.token_mask = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
 
     return hook

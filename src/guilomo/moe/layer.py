@@ -80,6 +80,16 @@ class LoraMoELinear(nn.Module):
         self.aux: Tensor | None = None
         self.reset_parameters()
 
+    def _apply(self, fn, recurse=True):
+        # ``.to(bfloat16)`` / ``.half()`` would round the per-rank scales alpha / r_i
+        # (16/3 -> 5.34 in bf16); they are constants of the allocation: keep them fp32.
+        keep = self._buffers.get("rank_scale")
+        out = super()._apply(fn, recurse)
+        new = self._buffers.get("rank_scale")
+        if keep is not None and new is not None and new.dtype != keep.dtype:
+            self._buffers["rank_scale"] = keep.to(new.device)
+        return out
+
     # -- parameters ---------------------------------------------------------------------
     @property
     def num_experts(self) -> int:
