@@ -16,12 +16,13 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from guilomo.allocation import Allocation, AllocationError
 from guilomo.moe.config import LoraMoEConfig
-from guilomo.moe.inject import adapter_modules, inject_adapter
+from guilomo.moe.inject import CONTEXT_ATTR, adapter_modules, inject_adapter
 from guilomo.utils.io import atomic_write, atomic_write_text
 
 FORMAT = "guilomo.adapter/1"
@@ -72,28 +73,74 @@ def read_adapter_config(path: str | Path) -> tuple[Allocation, LoraMoEConfig, di
         meta = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise AllocationError(f"{cfg_file} is corrupt ({e}); re-save the adapter") from e
-    if meta.get("format") != FORMAT:
-        raise AllocationError(f"{cfg_file}: unsupported format {meta.get('format')!r}, expected {FORMAT!r}")
-    return Allocation.from_dict(meta["allocation"]), LoraMoEConfig(**meta["lora"]), meta
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise AllocationError(f"{cfg_file}: unsupported format {found!r}, expected {FORMAT!r}")
+    missing = [k for k in ("allocation", "lora") if k not in meta]
+    if missing:
+        raise AllocationError(f"{cfg_file} lacks {missing}; re-save the adapter")
+    try:
+        config = LoraMoEConfig(**meta["lora"])
+    except (TypeError, ValueError) as e:
+        raise AllocationError(f"{cfg_file}: invalid 'lora' settings ({e})") from e
+    try:
+        allocation = Allocation.from_dict(meta["allocation"])
+    except AllocationError as e:
+        raise AllocationError(f"{cfg_file}: {e}") from e
+    return allocation, config, meta
+
+
+def expected_shapes(model: nn.Module, allocation: Allocation) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the tensors an adapter of ``allocation`` on ``model`` must have
+    (computed from the model's linear layers, before anything is injected)."""
+    modules = dict(model.named_modules())
+    allocation.check_modules(n for n, m in modules.items() if isinstance(m, nn.Linear))
+    out: dict[str, tuple[int, ...]] = {}
+    for name, spec in allocation.modules.items():
+        d_in, d_out = modules[name].in_features, modules[name].out_features
+        for i, r in enumerate(spec.ranks):
+            out[f"{name}.experts.{i}.lora_A"] = (r, d_in)
+            out[f"{name}.experts.{i}.lora_B"] = (d_out, r)
+        if spec.experts > 1:
+            out[f"{name}.router"] = (spec.experts, d_in)
+    return out
+
+
+def read_adapter_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    weights = Path(path) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: pass the folder written by save_adapter / train.py")
+    try:
+        return load_file(str(weights))
+    except SafetensorError as e:
+        raise AllocationError(f"{weights} is corrupt or truncated ({e}); re-save the adapter") from e
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
-    """Inject the saved adapter into a freshly loaded backbone and load its weights."""
+    """Inject the saved adapter into a freshly loaded backbone and load its weights.
+
+    Every file, key and shape is checked before the model is touched: on any error the
+    backbone is left as it was.
+    """
     path = Path(path)
+    if hasattr(model, CONTEXT_ATTR):
+        raise ValueError("this model already has a guilomo adapter; load a fresh backbone")
     allocation, config, _ = read_adapter_config(path)
+    tensors = read_adapter_weights(path)
+    check_tensors(expected_shapes(model, allocation), tensors)
     inject_adapter(model, allocation, config)
-    load_adapter_weights(model, load_file(str(path / WEIGHTS_FILE)))
+    load_adapter_weights(model, tensors)
     return model
 
 
-@torch.no_grad()
-def load_adapter_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy per-expert tensors into the model's adapter, with strict key and shape checks."""
-    expected = {k: v.shape for k, v in adapter_state_dict(model).items()}
+def check_tensors(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.Tensor]) -> None:
+    """Raise, naming the keys, unless ``tensors`` has exactly the expected keys and shapes."""
+    expected = {k: tuple(v) for k, v in expected.items()}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    bad = sorted(k for k in set(expected) & set(tensors) if tensors[k].shape != expected[k])
+    bad = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != expected[k])
     if missing or unexpected or bad:
+        bad = [f"{k} {tuple(tensors[k].shape)} (model needs {expected[k]})" for k in bad]
         detail = "; ".join(
             f"{label}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad))
@@ -104,6 +151,12 @@ def load_adapter_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> 
             "saved for another allocation or backbone; load them with the adapter_config.json "
             "saved beside them onto the same backbone"
         )
+
+
+@torch.no_grad()
+def load_adapter_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy per-expert tensors into the model's adapter, with strict key and shape checks."""
+    check_tensors({k: v.shape for k, v in adapter_state_dict(model).items()}, tensors)
     for name, m in adapter_modules(model).items():
         for i, s in enumerate(m.expert_slices()):
             m.lora_A[s].copy_(tensors[f"{name}.experts.{i}.lora_A"])
