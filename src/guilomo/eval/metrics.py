@@ -1,0 +1,106 @@
+"""Accumulated classification metrics (torchmetrics): accuracy, MCC (CoLA), F1 (MRPC).
+
+Predictions and targets are class indices ``0..num_classes-1`` (for option tasks,
+the option's position). A prediction of ``None`` (a malformed answer) always counts
+as wrong: it is replaced by a class different from the target, ``(target + 1) %
+num_classes`` (for binary tasks: the other class), so it lowers accuracy and also
+enters the MCC/F1 confusion matrix as a mistake.
+
+- ``accuracy``: ``MulticlassAccuracy(average="micro")``, the fraction correct.
+- ``mcc``: ``BinaryMatthewsCorrCoef`` (0 when undefined, e.g. one class only).
+- ``f1``: ``BinaryF1Score`` of the ``positive`` class (default index 1; 0 when
+  there are no positive predictions and targets).
+
+MCC and F1 need ``num_classes == 2``. Values are floats in ``[0, 1]`` (MCC in
+``[-1, 1]``); ``compute`` before any update gives NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torchmetrics.classification import BinaryF1Score, BinaryMatthewsCorrCoef, MulticlassAccuracy
+
+METRICS = ("accuracy", "mcc", "f1")
+
+
+class Metrics:
+    """Streaming metrics over batches of ``(predictions, targets)``."""
+
+    def __init__(self, names: Sequence[str] = ("accuracy",), num_classes: int = 2, positive: int = 1):
+        names = list(dict.fromkeys(names))
+        unknown = [n for n in names if n not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; available: {list(METRICS)}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        binary = [n for n in names if n in ("mcc", "f1")]
+        if binary and num_classes != 2:
+            raise ValueError(f"{binary} need a binary task (2 classes), this one has {num_classes}")
+        if positive not in range(num_classes):
+            raise ValueError(f"positive class {positive} is not in 0..{num_classes - 1}")
+        self.names = names
+        self.num_classes = int(num_classes)
+        self.positive = int(positive)
+        self._metrics = {}
+        for n in names:
+            if n == "accuracy":
+                self._metrics[n] = MulticlassAccuracy(num_classes=self.num_classes, average="micro")
+            elif n == "mcc":
+                self._metrics[n] = BinaryMatthewsCorrCoef()
+            else:
+                self._metrics[n] = BinaryF1Score()
+        self.count = 0
+        self.invalid = 0
+
+    def update(self, preds: Sequence[int | None], targets: Sequence[int]) -> None:
+        if len(preds) != len(targets):
+            raise ValueError(f"{len(preds)} predictions but {len(targets)} targets")
+        if not targets:
+            return
+        c = self.num_classes
+        t = [int(x) for x in targets]
+        if any(not 0 <= x < c for x in t):
+            raise ValueError(f"targets must be in 0..{c - 1}, got {sorted(set(t))}")
+        p = []
+        for pred, tgt in zip(preds, t, strict=True):
+            if pred is None:
+                self.invalid += 1
+                p.append((tgt + 1) % c)
+            elif not 0 <= int(pred) < c:
+                raise ValueError(f"prediction {pred} is not in 0..{c - 1}")
+            else:
+                p.append(int(pred))
+        pt, tt = torch.tensor(p), torch.tensor(t)
+        for n, m in self._metrics.items():
+            if n == "accuracy":
+                m.update(pt, tt)
+            else:
+                m.update((pt == self.positive).long(), (tt == self.positive).long())
+        self.count += len(t)
+
+    def compute(self) -> dict[str, float]:
+        if self.count == 0:
+            return {n: math.nan for n in self.names}
+        return {n: float(m.compute()) for n, m in self._metrics.items()}
+
+    def reset(self) -> None:
+        for m in self._metrics.values():
+            m.reset()
+        self.count = 0
+        self.invalid = 0
+
+
+def compute_metrics(
+    preds: Sequence[int | None],
+    targets: Sequence[int],
+    names: Sequence[str] = ("accuracy",),
+    num_classes: int = 2,
+    positive: int = 1,
+) -> dict[str, float]:
+    """One-shot :class:`Metrics`."""
+    m = Metrics(names, num_classes, positive)
+    m.update(preds, targets)
+    return m.compute()

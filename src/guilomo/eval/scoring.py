@@ -1,0 +1,163 @@
+"""Log-likelihood scoring of answer options: ``sum log p(option tokens | prompt)``.
+
+Tokenisation. The prompt is tokenised as the tokenizer does by default (special
+tokens included, e.g. a BOS), the option separately without special tokens, and
+the two id lists are concatenated. So the option tokens are exactly the option's
+own tokens, whatever the tokenizer would merge across the boundary of
+``prompt + option``; put any separating space in the option (``" B"``) or at the
+end of the prompt, as the prompt format requires.
+
+Batching. All (prompt, option) pairs are flattened, sorted by length, padded on
+``padding_side`` ("right" or "left") with an attention mask and explicit
+``position_ids`` (``cumsum(mask) - 1``), so both paddings give the same scores as
+scoring each pair alone. Only the positions that predict option tokens are sent
+through the LM head when the model's ``forward`` takes ``logits_to_keep``. Log-
+softmax is taken in fp32.
+
+:class:`OptionScores` holds the summed log-probabilities and the option lengths in
+tokens and characters; ``predictions(normalize=...)`` picks the argmax of the sum
+(``"none"``), of the mean per token (``"tokens"``) or per character (``"chars"``).
+Ties go to the first option.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from guilomo.eval.generate import pad_id_of
+
+NORMALIZATIONS = ("none", "tokens", "chars")
+
+
+@dataclass
+class OptionScores:
+    """Per example, per option: summed log-prob, token count and character count."""
+
+    logprobs: list[list[float]]
+    num_tokens: list[list[int]]
+    num_chars: list[list[int]]
+
+    def normalized(self, normalize: str = "none") -> list[list[float]]:
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize='{normalize}' is not one of {list(NORMALIZATIONS)}")
+        if normalize == "none":
+            return [list(s) for s in self.logprobs]
+        lengths = self.num_tokens if normalize == "tokens" else self.num_chars
+        return [
+            [s / max(n, 1) for s, n in zip(ss, ns, strict=True)]
+            for ss, ns in zip(self.logprobs, lengths, strict=True)
+        ]
+
+    def predictions(self, normalize: str = "none") -> list[int]:
+        """Index of the best option of every example (first one on ties)."""
+        return [max(range(len(s)), key=lambda j, s=s: (s[j], -j)) for s in self.normalized(normalize)]
+
+
+def encode_pair(tokenizer, prompt: str, option: str, max_length: int | None = None) -> tuple[list[int], int]:
+    """``(ids, n_option)``: prompt ids (left-truncated to fit ``max_length``) + option ids."""
+    p = list(tokenizer(prompt)["input_ids"])
+    o = list(tokenizer(option, add_special_tokens=False)["input_ids"])
+    if not o:
+        raise ValueError(f"option {option!r} has no tokens")
+    if max_length is not None and len(p) + len(o) > max_length:
+        keep = max_length - len(o)
+        if keep < 1:
+            raise ValueError(f"option {option!r} ({len(o)} tokens) does not fit max_length={max_length}")
+        p = p[len(p) - keep :]
+    if not p:
+        raise ValueError("an empty prompt has no token to predict the first option token from")
+    return p + o, len(o)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@torch.no_grad()
+def score_options(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    batch_size: int = 8,
+    padding_side: str = "right",
+    max_length: int | None = None,
+) -> OptionScores:
+    """Summed log-probability of every option of every prompt (see the module docstring)."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if len(prompts) != len(options):
+        raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    items = []  # (example, option, ids, n_option)
+    for i, (prompt, opts) in enumerate(zip(prompts, options, strict=True)):
+        if not opts:
+            raise ValueError(f"example {i} has no options")
+        for j, opt in enumerate(opts):
+            ids, n = encode_pair(tokenizer, prompt, opt, max_length)
+            items.append((i, j, ids, n))
+    logprobs = [[0.0] * len(o) for o in options]
+    num_tokens = [[0] * len(o) for o in options]
+    num_chars = [[len(x) for x in o] for o in options]
+    if not items:
+        return OptionScores(logprobs, num_tokens, num_chars)
+
+    pad_id = pad_id_of(tokenizer)
+    device = next(model.parameters()).device
+    slice_head = _accepts_logits_to_keep(model)
+    items.sort(key=lambda it: -len(it[2]))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            width = max(len(it[2]) for it in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            rows, cols, targets = [], [], []
+            for b, (_, _, seq, n) in enumerate(batch):
+                off = width - len(seq) if padding_side == "left" else 0
+                ids[b, off : off + len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[b, off : off + len(seq)] = 1
+                first = off + len(seq) - n  # position of the first option token
+                for t in range(n):
+                    rows.append(b)
+                    cols.append(first + t - 1)  # the logit at p-1 predicts the token at p
+                    targets.append(seq[len(seq) - n + t])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            lo, hi = min(cols), max(cols)
+            kwargs = dict(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                use_cache=False,
+            )
+            if slice_head:
+                kwargs["logits_to_keep"] = torch.arange(lo, hi + 1, device=device)
+                offset = lo
+            else:
+                offset = 0
+            logits = model(**kwargs).logits
+            dev = logits.device
+            r = torch.tensor(rows, device=dev)
+            c = torch.tensor(cols, device=dev) - offset
+            picked = logits[r, c].float()
+            tgt = torch.tensor(targets, device=dev)[:, None]
+            lp = torch.log_softmax(picked, dim=-1).gather(-1, tgt)
+            lp = lp.squeeze(-1).cpu()
+            k = 0
+            for i, j, _, n in batch:
+                logprobs[i][j] = float(lp[k : k + n].sum())
+                num_tokens[i][j] = n
+                k += n
+    finally:
+        model.train(was_training)
+    return OptionScores(logprobs, num_tokens, num_chars)

