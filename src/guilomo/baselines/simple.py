@@ -116,6 +116,8 @@ def random_allocation(
     legal move, then a random move of that module: lower one expert's rank by 1, or drop
     one of its experts) and grow while a step still fits (a random module, then raise one
     expert's rank by 1 or add an expert of rank ``r_min``, among the moves that fit).
+    Under an ``experts`` budget ranks are left alone: only experts are dropped or added
+    (an added expert gets a random rank).
     The result fits the budget and is within one step of it: exactly on target for
     ``experts`` and ``rank`` budgets (when ``r_min`` is 1), and short by less than the
     cheapest remaining step (one rank of some module, or one new expert) for ``params``.
