@@ -275,3 +275,13 @@ def test_single_expert_module_has_no_router(tmp_path):
         f"{name}.experts.0.lora_A",
         f"{name}.experts.0.lora_B",
     ]
+
+
+def test_save_refuses_an_allocation_that_does_not_describe_the_adapter(tmp_path):
+    model, alloc, config = adapted()
+    other = random_allocation(linear_names(tiny_llama()), seed=99)
+    with pytest.raises(AllocationError, match="does not match the allocation to save"):
+        save_adapter(model, tmp_path / "a", other, config)
+    with pytest.raises(AllocationError, match="no guilomo adapter"):
+        save_adapter(tiny_llama(), tmp_path / "b", alloc, config)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -481,3 +481,34 @@ def test_base_is_frozen_and_only_adapter_trains():
     (out.loss + 0.001 * aux_loss(model)).backward()
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
     assert all(m.lora_A.grad is not None for m in adapter_modules(model).values())
+
+
+def test_find_targets_by_suffix_regex_and_layer():
+    from guilomo.allocation import AllocationError
+    from guilomo.moe import find_targets
+
+    model = tiny_llama()
+    assert sorted(find_targets(model, TARGETS)) == sorted(linear_names(model))
+    assert list(find_targets(model, ["q_proj"], layers=[1])) == ["model.layers.1.self_attn.q_proj"]
+    assert len(find_targets(model, r"model\.layers\.0\.mlp\..*")) == 3
+    with pytest.raises(AllocationError, match="linear layer names are .*'q_proj'"):
+        find_targets(model, ["query"])
+    inject_adapter(model, random_allocation(linear_names(model), seed=0))
+    with pytest.raises(AllocationError):  # the frozen base inside an adapted layer is no target
+        find_targets(model, ["base"])
+
+
+def test_find_targets_under_a_path_containing_base():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = nn.Linear(8, 8)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.base_block = Block()
+
+    from guilomo.moe import find_targets
+
+    assert list(find_targets(Net(), ["q_proj"])) == ["base_block.q_proj"]

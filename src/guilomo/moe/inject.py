@@ -38,12 +38,14 @@ def find_targets(
         suffixes = tuple(target_modules)
         wanted = lambda n: n.split(".")[-1] in suffixes or n in suffixes  # noqa: E731
     layer_set = None if layers is None else set(layers)
+    # the frozen linear inside an adapted layer is not a target (matched by identity: a
+    # path like "encoder.base_block.q_proj" must still be found)
+    inner = {id(m.base) for m in model.modules() if isinstance(m, LoraMoELinear)}
     found = {
         name: mod
         for name, mod in model.named_modules()
         if isinstance(mod, nn.Linear)
-        and not isinstance(mod, LoraMoELinear)
-        and ".base" not in name
+        and id(mod) not in inner
         and wanted(name)
         and (layer_set is None or layer_of(name) in layer_set)
     }

@@ -51,6 +51,7 @@ def save_adapter(
 ) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into ``path``."""
     path = Path(path)
+    _check_matches(model, allocation)
     path.mkdir(parents=True, exist_ok=True)
     tensors = adapter_state_dict(model)
     atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
@@ -62,6 +63,26 @@ def save_adapter(
     }
     atomic_write_text(path / CONFIG_FILE, json.dumps(meta, indent=1) + "\n")
     return path
+
+
+def _check_matches(model: nn.Module, allocation: Allocation) -> None:
+    """Raise unless the model's adapter has exactly the modules and ranks of ``allocation``
+    (the saved config must describe the saved weights)."""
+    layers = adapter_modules(model)
+    if not layers:
+        raise AllocationError("the model has no guilomo adapter to save; call inject_adapter first")
+    diff = sorted(set(layers) ^ set(allocation.modules))
+    diff += sorted(
+        n
+        for n in set(layers) & set(allocation.modules)
+        if tuple(layers[n].ranks) != allocation.modules[n].ranks
+        or layers[n].top_k != allocation.top_k_of(n)
+    )
+    if diff:
+        raise AllocationError(
+            f"the model's adapter does not match the allocation to save with it (e.g. {diff[:3]}): "
+            "pass the allocation the adapter was injected with"
+        )
 
 
 def read_adapter_config(path: str | Path) -> tuple[Allocation, LoraMoEConfig, dict]:
