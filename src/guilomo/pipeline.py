@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from guilomo.budget import Budget
@@ -47,6 +48,8 @@ def build_trainer(cfg: DictConfig, **overrides):
     """Lightning Trainer from ``cfg.trainer`` with the configured loggers and callbacks."""
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
+    if not loggers:  # LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return hydra.utils.instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides
     )

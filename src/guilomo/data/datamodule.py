@@ -30,6 +30,25 @@ from guilomo.data.templates import get_template
 IGNORE = -100
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """A permutation that depends only on (seed, epoch): Lightning calls ``set_epoch``
+    each epoch, so a run resumed from a checkpoint sees the same order as an
+    uninterrupted one."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+
 def _pad(seqs: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     rows = [
@@ -214,12 +233,10 @@ class TaskDataModule(L.LightningDataModule):
     def _loader(self, data, batch_size, collate, shuffle=False):
         if not data:
             return []  # Lightning skips a loop with no batches
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             data,
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=gen,
+            sampler=EpochShuffleSampler(len(data), self.seed) if shuffle else None,
             collate_fn=partial(collate, pad_id=self.pad_id),
             num_workers=self.num_workers,
         )

@@ -20,6 +20,9 @@ def evaluate_datamodule(model, tokenizer, dm, eval_cfg) -> dict:
         examples = examples[: int(eval_cfg.limit)]
     spec = dm.spec
     mode = eval_cfg.mode if spec.multiple_choice else "generate"
+    # training targets end with eos, so an option is scored as "option<eos>": this also
+    # keeps an option that is a prefix of another from winning by being shorter
+    eos = tokenizer.eos_token if eval_cfg.get("option_eos", True) else ""
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -28,7 +31,7 @@ def evaluate_datamodule(model, tokenizer, dm, eval_cfg) -> dict:
             tokenizer,
             prompts=[dm.prompt_text(ex) for ex in examples],
             golds=[ex.answer for ex in examples],
-            options=[list(ex.options) for ex in examples] if spec.multiple_choice else None,
+            options=[[o + eos for o in ex.options] for ex in examples] if spec.multiple_choice else None,
             labels=[ex.label for ex in examples] if spec.multiple_choice else None,
             answer_pattern=spec.answer_pattern,
             mode=mode,

@@ -28,6 +28,12 @@ def warmup_linear(warmup_steps: int, total_steps: int):
     return fn
 
 
+def _numpy_state_to_torch(state):
+    """numpy's RNG state with its key array as a tensor (checkpoints load weights_only)."""
+    name, keys, pos, has_gauss, cached = state
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+
+
 class FinetuneModule(L.LightningModule):
     def __init__(
         self,
@@ -85,7 +91,7 @@ class FinetuneModule(L.LightningModule):
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state_to_torch(np.random.get_state()),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -101,4 +107,5 @@ class FinetuneModule(L.LightningModule):
         if rng:
             torch.set_rng_state(rng["torch"])
             random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
+            name, keys, pos, has_gauss, cached = rng["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))

@@ -46,10 +46,14 @@ def resolve_allocation(cfg: DictConfig, targets: dict, num_layers: int) -> Alloc
         alloc.check_modules(targets)
         budget.check(alloc, shapes)
         return alloc
+    spec["num_layers"] = spec.get("num_layers") or num_layers
     alloc = make_baseline(kind, targets, seed=cfg.seed, budget=budget, **spec)
     if budget.active and kind != "random":
         alloc = scale_to_budget(alloc, budget, shapes)
-    alloc.meta.update(backbone=cfg.backbone.id, num_layers=num_layers, task=cfg.task.id)
+    alloc.meta.update(
+        backbone=cfg.backbone.id, num_layers=num_layers, task=cfg.task.id, source=f"baseline:{kind}",
+        budget=budget.to_dict(), trainable_params=alloc.trainable_params(shapes),
+    )
     return alloc
 
 
@@ -83,6 +87,7 @@ def run_train(cfg: DictConfig) -> dict:
         aux_reduction=lora_cfg.aux_reduction,
     )
     trainer = build_trainer(cfg)
+    module.train()  # the backbone comes in eval mode; dropout must be on while training
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
 
     model.eval()
@@ -109,7 +114,9 @@ def run_train(cfg: DictConfig) -> dict:
 def format_table(result: dict) -> str:
     """A small text table: zero-shot vs fine-tuned metrics and trainable parameters."""
     m = result["metrics"]
-    names = sorted({k for part in m.values() for k in part if isinstance(part[k], (int, float))})
+    skip = {"n", "invalid"}
+    names = sorted({k for part in m.values() for k, v in part.items()
+                    if isinstance(v, float) and k not in skip})
     rows = [f"{'':12s}" + "".join(f"{n:>14s}" for n in names) + f"{'trainable':>14s}"]
     for stage, vals in m.items():
         params = result["trainable_params"] if stage == "finetuned" else 0
@@ -118,5 +125,6 @@ def format_table(result: dict) -> str:
             for n in names
         )
         rows.append(f"{stage:12s}{cells}{params:>14,d}")
-    title = f"{result['task']} on {result['backbone']} ({result['allocation']['summary']})"
+    n = next(iter(m.values()), {}).get("n", "?")
+    title = f"{result['task']} on {result['backbone']}, {n} test examples ({result['allocation']['summary']})"
     return "\n".join([title, *rows])

@@ -1,0 +1,106 @@
+"""Every config group composes with the real conf/ tree, and its objects instantiate."""
+
+import hydra
+import pytest
+from compose import compose_cfg, options
+from lightning.pytorch import Trainer
+
+from guilomo.budget import Budget
+from guilomo.finetune.run import resolve_allocation
+from guilomo.moe import LoraMoEConfig
+from guilomo.pipeline import (
+    build_backbone,
+    build_budget,
+    build_datamodule,
+    build_lora_config,
+    build_targets,
+    build_trainer,
+)
+
+HUB_BACKBONES = {"llama2_7b", "mistral_7b", "llama3_8b"}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = compose_cfg("train", ["backbone=tiny_llama"])
+    return build_backbone(cfg)
+
+
+@pytest.mark.parametrize("entry", ["train", "search"])
+@pytest.mark.parametrize("backbone", options("backbone"))
+def test_backbones_compose(entry, backbone):
+    cfg = compose_cfg(entry, [f"backbone={backbone}"])
+    assert cfg.backbone.id == backbone
+    assert cfg.backbone.loader._target_ == "guilomo.backbone.load_backbone"
+    assert list(cfg.backbone.target_modules)
+    if backbone in HUB_BACKBONES:
+        assert cfg.backbone.loader.source == "hub" and "/" in cfg.backbone.loader.name
+
+
+def test_tiny_backbone_instantiates(tiny):
+    model, tok = tiny
+    assert model.config.num_hidden_layers == 2 and tok.eos_token
+
+
+@pytest.mark.parametrize("task", options("task"))
+def test_tasks_instantiate(task, tiny, tmp_path):
+    cfg = compose_cfg("train", [f"task={task}"], tmp_path)
+    dm = build_datamodule(cfg, tiny[1])
+    assert cfg.task.id == task and dm.spec.name == cfg.task.datamodule.task
+    assert dm.seed == cfg.seed  # the task follows the run's seed
+
+
+@pytest.mark.parametrize("allocation", [a for a in options("allocation") if a != "file"])
+def test_allocations_instantiate(allocation, tiny, tmp_path):
+    cfg = compose_cfg("train", ["backbone=tiny_llama", f"allocation={allocation}"], tmp_path)
+    if allocation == "random":
+        cfg = compose_cfg(
+            "train",
+            ["backbone=tiny_llama", "allocation=random", "budget=experts", "budget.value=50"],
+            tmp_path,
+        )
+    targets = build_targets(cfg, tiny[0])
+    alloc = resolve_allocation(cfg, targets, 2)
+    assert set(alloc.modules) == set(targets)
+    assert alloc.meta["backbone"] == "tiny_llama"
+
+
+@pytest.mark.parametrize("budget", options("budget"))
+def test_budgets(budget):
+    cfg = compose_cfg("train", [f"budget={budget}", "budget.value=1000"] if budget != "none" else [])
+    b = build_budget(cfg)
+    assert isinstance(b, Budget) and b.kind == budget
+
+
+def test_adapter_and_search_groups():
+    cfg = compose_cfg("search", [])
+    assert isinstance(build_lora_config(cfg), LoraMoEConfig)
+    assert cfg.search.order in ("first", "second")
+
+
+@pytest.mark.parametrize("logger", options("logger"))
+@pytest.mark.parametrize("callbacks", options("callbacks"))
+def test_trainer_with_loggers_and_callbacks(logger, callbacks, tmp_path):
+    cfg = compose_cfg("train", [f"logger={logger}", f"callbacks={callbacks}"], tmp_path)
+    trainer = build_trainer(cfg)
+    assert isinstance(trainer, Trainer)
+    assert (trainer.logger is not None) == (logger != "none")
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_trainers_compose(trainer, tmp_path):
+    cfg = compose_cfg("train", [f"trainer={trainer}"], tmp_path)
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    if trainer in ("cpu", "ddp"):  # gpu / fsdp need an accelerator; DDP is checked on CPU
+        cpu = {"accelerator": "cpu", "devices": 2, "precision": "32-true"} if trainer == "ddp" else {}
+        t = hydra.utils.instantiate(cfg.trainer, **cpu)
+        assert type(t.strategy).__name__ == ("DDPStrategy" if trainer == "ddp" else "SingleDeviceStrategy")
+
+
+@pytest.mark.parametrize("entry", ["train", "search"])
+def test_debug_and_experiments_compose(entry, tmp_path):
+    cfg = compose_cfg(entry, ["debug=fast"], tmp_path)
+    assert cfg.trainer.max_steps <= 10
+    for exp in options("experiment"):
+        cfg = compose_cfg(entry, [f"experiment={exp}"], tmp_path)
+        assert cfg.backbone.id
