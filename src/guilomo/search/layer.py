@@ -1,0 +1,200 @@
+"""The search-time LoRA-MoE layer and the helpers that put it into a backbone.
+
+Every targeted module starts at ``n_max`` experts of rank ``r_max`` and carries
+
+- ``gsv_expert`` (``n_max``): expert GSV -> additive router-logit mask (:func:`expert_mask`);
+- ``gsv_rank`` (``n_max x r_max``): one rank GSV per expert -> rank mask (:func:`rank_mask`);
+- ``rank_lambda`` (``n_max x r_max``, init 1): trainable per-rank scale (inner parameter).
+
+Both masks enter through :meth:`LoraMoELinear.search_terms`: the router bias, and the
+per-rank gate ``lambda * rank_mask`` that multiplies the rank scaling ``alpha / r_max``.
+The whole module is computed with the production masked path (two GEMMs).
+
+With ``granularity="layer"`` the modules of one decoder layer share one expert GSV
+(:func:`tie_expert_gsvs`), so they always keep the same number of experts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from guilomo.allocation import Allocation, ModuleAllocation, layer_of
+from guilomo.moe.config import LoraMoEConfig
+from guilomo.moe.inject import inject_adapter
+from guilomo.moe.layer import LoraMoELinear, RoutingContext
+from guilomo.search.gsv import RANK_FLOORS, expert_mask, gsv_init, rank_mask
+
+GSV_NAMES = ("gsv_expert", "gsv_rank")
+GRANULARITIES = ("module", "layer")
+
+
+class SearchLoraMoELinear(LoraMoELinear):
+    """A frozen linear layer with ``n_max`` experts of rank ``r_max`` plus GSVs and lambda."""
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        ranks: Sequence[int],
+        top_k: int,
+        config: LoraMoEConfig | None = None,
+        context: RoutingContext | None = None,
+        rank_mask_mode: str = "soft",
+    ):
+        ranks = [int(r) for r in ranks]
+        if len(ranks) < 2:
+            raise ValueError(f"the search needs n_max >= 2 experts per module, got {len(ranks)}")
+        if len(set(ranks)) != 1:
+            raise ValueError(f"the search starts every expert at r_max; got ranks {ranks}")
+        if rank_mask_mode not in RANK_FLOORS:
+            raise ValueError(f"rank_mask='{rank_mask_mode}' is not one of {list(RANK_FLOORS)}")
+        super().__init__(base, ranks, top_k, config=config, context=context)
+        n, r = len(ranks), ranks[0]
+        device = base.weight.device
+        self.n_max, self.r_max = n, r
+        self.rank_mask_mode = rank_mask_mode
+        self.rank_floor = RANK_FLOORS[rank_mask_mode]
+        f32 = dict(dtype=torch.float32, device=device)
+        self.gsv_expert = nn.Parameter(torch.empty(n, **f32))
+        self.gsv_rank = nn.Parameter(torch.empty(n, r, **f32))
+        self.rank_lambda = nn.Parameter(torch.ones(n, r, **f32))
+        self.track_usage = True
+        self.usage: Tensor | None = None  # fraction of top-k assignments per expert (last forward)
+        self.reset_gsvs()
+
+    @torch.no_grad()
+    def reset_gsvs(self, generator: torch.Generator | None = None) -> None:
+        """GSVs to ``softmax(randn(n))`` (the reference's init); lambda to 1."""
+        self.gsv_expert.copy_(gsv_init(self.n_max, generator))
+        self.gsv_rank.copy_(gsv_init(self.r_max, generator, shape=(self.n_max,)))
+        self.rank_lambda.fill_(1.0)
+
+    # -- the masks ----------------------------------------------------------------------
+    def search_terms(self) -> tuple[Tensor, Tensor]:
+        bias = expert_mask(torch.sigmoid(self.gsv_expert))
+        gate = self.rank_lambda * rank_mask(torch.sigmoid(self.gsv_rank), self.rank_floor)
+        return bias, gate.reshape(-1)
+
+    @torch.no_grad()
+    def current_experts(self) -> Tensor:
+        """Experts kept by the current expert GSV (a 0-d tensor, >= 2; no host sync)."""
+        return torch.sigmoid(self.gsv_expert).argmax().clamp(min=1) + 1
+
+    @torch.no_grad()
+    def current_ranks(self) -> Tensor:
+        """Rank of every one of the ``n_max`` experts under the current rank GSVs."""
+        return torch.sigmoid(self.gsv_rank).argmax(-1) + 1
+
+    def balance_loss(self, probs: Tensor, top_i: Tensor, mask: Tensor | None) -> Tensor:
+        loss = super().balance_loss(probs, top_i, mask)
+        if self.track_usage:
+            sel = top_i if mask is None else top_i[mask]
+            counts = torch.zeros(self.num_experts, device=top_i.device).index_add_(
+                0, sel.reshape(-1), torch.ones(sel.numel(), device=top_i.device)
+            )
+            self.usage = counts / counts.sum().clamp(min=1)
+        return loss
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank_mask={self.rank_mask_mode}"
+
+
+# -- model-level helpers ------------------------------------------------------------------
+def search_layers(model: nn.Module) -> dict[str, SearchLoraMoELinear]:
+    """The search layers of a model, by module path, in module order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, SearchLoraMoELinear)}
+
+
+def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def gsv_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The outer parameters: every expert and rank GSV (shared ones once)."""
+    return _unique(getattr(m, name) for m in search_layers(model).values() for name in GSV_NAMES)
+
+
+def inner_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The inner parameters Theta: every trainable tensor that is not a GSV (A, B, lambda, routers)."""
+    gsv = {id(p) for p in gsv_parameters(model)}
+    return _unique(p for p in model.parameters() if p.requires_grad and id(p) not in gsv)
+
+
+def tie_expert_gsvs(model: nn.Module) -> int:
+    """Make the modules of each decoder layer share one expert GSV; returns the group count."""
+    groups: dict[int, SearchLoraMoELinear] = {}
+    for name, m in search_layers(model).items():
+        first = groups.setdefault(layer_of(name), m)
+        if first is not m:
+            if first.n_max != m.n_max:
+                raise ValueError(f"layer granularity needs one n_max per layer; {name} differs")
+            m.gsv_expert = first.gsv_expert
+    return len(groups)
+
+
+def expert_groups(names: Iterable[str], granularity: str) -> dict[str, list[str]]:
+    """Modules that share one expert count: one per module, or one group per decoder layer."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity='{granularity}' is not one of {list(GRANULARITIES)}")
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        key = n if granularity == "module" else f"layer{layer_of(n)}"
+        groups.setdefault(key, []).append(n)
+    return groups
+
+
+@torch.no_grad()
+def init_gsvs(model: nn.Module, seed: int) -> None:
+    """Seeded ``softmax(randn)`` init of every GSV, in module order, independent of the global RNG."""
+    gen = torch.Generator().manual_seed(int(seed))
+    seen: set[int] = set()
+    for m in search_layers(model).values():
+        fresh_e = gsv_init(m.n_max, gen)
+        if id(m.gsv_expert) not in seen:  # shared expert GSVs are drawn once
+            seen.add(id(m.gsv_expert))
+            m.gsv_expert.copy_(fresh_e)
+        m.gsv_rank.copy_(gsv_init(m.r_max, gen, shape=(m.n_max,)))
+
+
+def max_allocation(names: Iterable[str], n_max: int, r_max: int, top_k: int, **meta) -> Allocation:
+    """The search's starting point: ``n_max`` experts of rank ``r_max`` in every module."""
+    return Allocation(
+        {n: ModuleAllocation((r_max,) * n_max) for n in names}, top_k=min(top_k, n_max), meta=meta
+    )
+
+
+def inject_search_adapter(
+    model: nn.Module,
+    names: Iterable[str],
+    n_max: int = 8,
+    r_max: int = 8,
+    top_k: int = 2,
+    config: LoraMoEConfig | None = None,
+    rank_mask: str = "soft",
+    granularity: str = "module",
+    seed: int = 0,
+) -> nn.Module:
+    """Freeze ``model`` and wrap the named linear modules with :class:`SearchLoraMoELinear`."""
+    names = list(names)
+    if top_k > n_max:
+        raise ValueError(f"top_k={top_k} > n_max={n_max}: lower top_k or raise n_max")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity='{granularity}' is not one of {list(GRANULARITIES)}")
+
+    def factory(base, ranks, k, config=None, context=None):
+        return SearchLoraMoELinear(
+            base, ranks, k, config=config, context=context, rank_mask_mode=rank_mask
+        )
+
+    inject_adapter(model, max_allocation(names, n_max, r_max, top_k), config, layer_factory=factory)
+    if granularity == "layer":
+        tie_expert_gsvs(model)
+    init_gsvs(model, seed)
+    return model
