@@ -1,0 +1,22 @@
+"""Stage 1: search how many LoRA experts each module gets and the rank of each expert.
+
+    python search.py                                  # SmolLM2 (first 4 layers), chatterbot_topic
+    python search.py search.order=second budget=params budget.value=500000
+    python search.py backbone=tiny_llama debug=fast   # seconds, for a smoke test
+
+The last line printed is ``allocation: <path>``; pass that file to train.py.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="search")
+def main(cfg: DictConfig) -> None:
+    from guilomo.search.run import run_search
+
+    run_search(cfg)
+
+
+if __name__ == "__main__":
+    main()

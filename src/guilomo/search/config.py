@@ -1,0 +1,111 @@
+"""Settings of the GSV search (the ``search`` config group), validated on creation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from guilomo.search.architect import ORDERS, VIRTUAL_STEPS
+from guilomo.search.gsv import RANK_FLOORS
+from guilomo.search.layer import GRANULARITIES
+
+VAL_SOURCES = ("heldout", "alternate")
+
+
+@dataclass
+class InnerOptim:
+    """AdamW on Theta = {A, B, lambda, routers}; warm-up then linear decay to 0.
+
+    The warm-up is ``min(warmup_steps, max_warmup_fraction * total_steps)`` so short
+    runs are not all warm-up.
+    """
+
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    max_warmup_fraction: float = 0.1
+    grad_clip: float | None = 1.0
+
+    def warmup(self, total_steps: int) -> int:
+        return int(min(self.warmup_steps, self.max_warmup_fraction * total_steps))
+
+
+@dataclass
+class OuterOptim:
+    """Adam on the GSVs (the reference: lr 3e-3, betas (0.5, 0.999), no weight decay)."""
+
+    lr: float = 3e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SearchSettings:
+    """How the search runs; see ``conf/search/default.yaml`` for each field."""
+
+    n_max: int = 8
+    r_max: int = 8
+    top_k: int = 2
+    granularity: str = "module"
+    rank_mask: str = "soft"
+    init: str | None = None  # A/B init during the search; None: the adapter's init
+    order: str = "first"
+    virtual_step: str = "sgd"
+    val_source: str = "heldout"
+    warmup_outer_steps: int = 0
+    outer_every: int = 1
+    min_experts: int = 2  # budget fitting keeps at least this many experts per module
+    log_modules_every: int = 50
+    heatmap: bool = True
+    sparse_logits: bool = True  # LM head only on target positions (same loss, less compute)
+    inner: InnerOptim = field(default_factory=InnerOptim)
+    outer: OuterOptim = field(default_factory=OuterOptim)
+
+    def __post_init__(self):
+        if isinstance(self.inner, dict):
+            self.inner = InnerOptim(**self.inner)
+        if isinstance(self.outer, dict):
+            self.outer = OuterOptim(**self.outer)
+        self.inner.betas = tuple(self.inner.betas)
+        self.outer.betas = tuple(self.outer.betas)
+        for name, allowed in (
+            ("granularity", GRANULARITIES),
+            ("rank_mask", tuple(RANK_FLOORS)),
+            ("order", ORDERS),
+            ("virtual_step", VIRTUAL_STEPS),
+            ("val_source", VAL_SOURCES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"search.{name}='{getattr(self, name)}' is not one of {list(allowed)}"
+                )
+        if self.init is not None and self.init not in ("kaiming", "normal"):
+            raise ValueError(f"search.init='{self.init}' is not one of ['kaiming', 'normal', null]")
+        if self.n_max < 2 or self.r_max < 1:
+            raise ValueError(
+                f"search needs n_max >= 2 and r_max >= 1, got {self.n_max}, {self.r_max}"
+            )
+        if not 1 <= self.top_k <= self.n_max:
+            raise ValueError(f"search.top_k={self.top_k} must be in [1, n_max={self.n_max}]")
+        if self.outer_every < 1 or self.warmup_outer_steps < 0:
+            raise ValueError("search.outer_every must be >= 1 and search.warmup_outer_steps >= 0")
+        if not 1 <= self.min_experts <= self.n_max:
+            raise ValueError(f"search.min_experts={self.min_experts} must be in [1, n_max]")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SearchSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown search settings {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def outer_due(self, step: int) -> bool:
+        """Whether real step ``step`` (0-based) starts with an outer (GSV) step."""
+        return (
+            step >= self.warmup_outer_steps
+            and (step - self.warmup_outer_steps) % self.outer_every == 0
+        )

@@ -1,0 +1,70 @@
+"""Pictures of an allocation: a layer x module heatmap of expert counts and mean ranks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from guilomo.allocation import Allocation, layer_of
+
+
+def allocation_grid(allocation: Allocation) -> tuple[list[int], list[str], np.ndarray, np.ndarray]:
+    """(layers, module kinds, experts[layer, kind], mean rank[layer, kind]); NaN where absent."""
+    layers = sorted({layer_of(n) for n in allocation.modules})
+    kinds: list[str] = []
+    for n in allocation.modules:
+        kind = n.split(".")[-1]
+        if kind not in kinds:
+            kinds.append(kind)
+    experts = np.full((len(layers), len(kinds)), np.nan)
+    ranks = np.full_like(experts, np.nan)
+    for n, m in allocation.modules.items():
+        i, j = layers.index(layer_of(n)), kinds.index(n.split(".")[-1])
+        experts[i, j] = m.experts
+        ranks[i, j] = m.total_rank / m.experts
+    return layers, kinds, experts, ranks
+
+
+def save_heatmap(allocation: Allocation, path: str | Path, title: str | None = None) -> Path:
+    """Write a two-panel PNG (experts, mean rank per expert) to ``path``; returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from guilomo.utils.io import atomic_write
+
+    layers, kinds, experts, ranks = allocation_grid(allocation)
+    height = max(3.0, 0.28 * len(layers) + 1.6)
+    fig, axes = plt.subplots(1, 2, figsize=(2.0 + 1.3 * len(kinds), height), squeeze=False)
+    panels = (("experts per module", experts, "%d"), ("mean rank per expert", ranks, "%.1f"))
+    for ax, (label, data, fmt) in zip(axes[0], panels, strict=True):
+        im = ax.imshow(data, aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_title(label)
+        ax.set_xticks(range(len(kinds)), kinds, rotation=45, ha="right")
+        ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+        ax.set_ylabel("layer")
+        if data.size <= 400:
+            for (i, j), v in np.ndenumerate(data):
+                if not np.isnan(v):
+                    ax.text(j, i, fmt % v, ha="center", va="center", color="w", fontsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def log_heatmap(loggers, path: str | Path, key: str = "allocation/heatmap") -> None:
+    """Log the heatmap image to every W&B logger among ``loggers`` (others keep the file)."""
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:  # pragma: no cover
+        return
+    for logger in loggers or []:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)])

@@ -1,0 +1,294 @@
+"""The search LightningModule: bilevel optimisation of the GSVs, in manual optimisation.
+
+Each real step takes a (train batch, val batch) pair:
+
+1. if due (``warmup_outer_steps``, ``outer_every``), the :class:`Architect` makes the
+   outer step: GSV hypergradient (first or second order) and Adam on the GSVs;
+2. the inner step: ``L_train + aux_coef * L_aux`` on the train batch, backward into
+   Theta only, gradient clipping, AdamW, LR scheduler (warm-up, linear decay to 0
+   over the real number of steps).
+
+Val batches come from the datamodule's held-out split (cycled), or with
+``val_source="alternate"`` from every second training micro-batch (the reference);
+either way ``global_step`` and the schedule count real steps: only the inner
+optimiser's step goes through Lightning (the outer one is stepped raw).
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from guilomo.allocation import layer_of
+from guilomo.finetune.module import warmup_linear
+from guilomo.moe.inject import CONTEXT_ATTR, aux_loss
+from guilomo.search.architect import Architect
+from guilomo.search.config import SearchSettings
+from guilomo.search.gsv import margin
+from guilomo.search.layer import gsv_parameters, inner_parameters, search_layers
+
+MODEL_KEYS = ("input_ids", "attention_mask", "labels")
+IGNORE = -100
+
+
+def short_name(name: str) -> str:
+    """``model.layers.3.self_attn.q_proj`` -> ``L3.q_proj``."""
+    return f"L{layer_of(name)}.{name.split('.')[-1]}"
+
+
+def supports_sparse_logits(model: nn.Module) -> bool:
+    """Whether the logits are ``lm_head(decoder(x))`` with nothing in between (LLaMA, Mistral, ...)."""
+    cfg = getattr(model, "config", None)
+    plain = not any(getattr(cfg, a, None) for a in ("final_logit_softcapping", "logit_scale"))
+    try:
+        return (
+            plain and model.get_decoder() is not None and model.get_output_embeddings() is not None
+        )
+    except (AttributeError, NotImplementedError):
+        return False
+
+
+def sparse_lm_loss(model: nn.Module, batch: dict) -> Tensor:
+    """The causal-LM loss with the LM head applied only where a (shifted) label exists."""
+    labels, mask = batch["labels"], batch.get("attention_mask")
+    context = getattr(model, CONTEXT_ATTR, None)
+    if context is not None:  # the injection's hook sits on the full model, not the decoder
+        context.token_mask = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
+    hidden = model.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=mask, use_cache=False
+    ).last_hidden_state
+    target = F.pad(labels, (0, 1), value=IGNORE)[:, 1:]
+    keep = target != IGNORE
+    logits = model.get_output_embeddings()(hidden[keep]).float()
+    return F.cross_entropy(logits, target[keep])
+
+
+class SearchModule(L.LightningModule):
+    """Searches expert counts and ranks of the :class:`SearchLoraMoELinear` layers of ``model``.
+
+    Args:
+        model: a causal LM with the search adapter injected (:func:`inject_search_adapter`).
+        settings: the search settings.
+        aux_coef, aux_reduction: weight and reduction of the load-balancing loss.
+        val_dataloader: held-out batches; default: ``trainer.datamodule.val_dataloader()``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: SearchSettings | None = None,
+        aux_coef: float = 0.001,
+        aux_reduction: str = "mean",
+        val_dataloader=None,
+    ):
+        super().__init__()
+        self.model = model
+        self.settings = settings or SearchSettings()
+        self.aux_coef, self.aux_reduction = aux_coef, aux_reduction
+        self.automatic_optimization = False
+        self.sparse_logits = self.settings.sparse_logits and supports_sparse_logits(model)
+        self.strict_loading = False  # checkpoints hold the adapter and the GSVs only
+        self.total_steps: int | None = None
+        self._val_loader = val_dataloader
+        self._val_iter = None
+        self._pending: dict | None = None  # alternate: the train half of the pair
+        self._architect: Architect | None = None
+        self._layers = search_layers(model)
+        if not self._layers:
+            raise ValueError("model has no search layers: inject them with inject_search_adapter")
+        self._names = list(self._layers)
+        self._theta = inner_parameters(model)
+
+    # -- losses -------------------------------------------------------------------------
+    def lm_loss(self, batch: dict) -> Tensor:
+        """Causal-LM loss (mean over target tokens), equal to the model's own ``loss``.
+
+        With ``sparse_logits`` the LM head runs only on the positions that have a
+        target (the answer tokens when the prompt is masked), not on every position:
+        on a small backbone the vocabulary projection is most of the cost.
+        """
+        if not self.sparse_logits:
+            out = self.model(**{k: batch[k] for k in MODEL_KEYS if k in batch}, use_cache=False)
+            return out.loss
+        return sparse_lm_loss(self.model, batch)
+
+    def train_objective(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """(L_train + aux_coef * L_aux, L_train, L_aux)."""
+        lm = self.lm_loss(batch)
+        aux = aux_loss(self.model, self.aux_reduction).to(lm.device)
+        return lm + self.aux_coef * aux, lm, aux
+
+    def train_loss(self, batch: dict) -> Tensor:
+        return self.train_objective(batch)[0]
+
+    def val_loss(self, batch: dict) -> Tensor:
+        return self.lm_loss(batch)
+
+    # -- optimisers -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        s = self.settings
+        inner = torch.optim.AdamW(
+            self._theta, lr=s.inner.lr, betas=s.inner.betas, weight_decay=s.inner.weight_decay
+        )
+        outer = torch.optim.Adam(
+            gsv_parameters(self.model),
+            lr=s.outer.lr,
+            betas=s.outer.betas,
+            weight_decay=s.outer.weight_decay,
+        )
+        self.total_steps = self.count_real_steps()
+        warmup = s.inner.warmup(self.total_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(inner, warmup_linear(warmup, self.total_steps))
+        return [inner, outer], [{"scheduler": sched, "interval": "step"}]
+
+    def count_real_steps(self) -> int:
+        """Real (inner) steps of the fit: ``max_steps``, or epochs x batches (halved for alternate)."""
+        trainer = self.trainer
+        trainer.estimated_stepping_batches  # noqa: B018  (sets up the train dataloader)
+        batches = trainer.num_training_batches
+        per_epoch = batches // 2 if self.settings.val_source == "alternate" else batches
+        epochs = trainer.max_epochs
+        by_epochs = per_epoch * epochs if epochs not in (None, -1) else math.inf
+        by_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else math.inf
+        total = min(by_epochs, by_steps)
+        if not math.isfinite(total) or total < 1:
+            raise ValueError(
+                f"cannot tell how many steps the search runs ({batches} batches per epoch, "
+                f"max_epochs={epochs}, max_steps={trainer.max_steps}): set trainer.max_steps"
+            )
+        return int(total)
+
+    @property
+    def architect(self) -> Architect:
+        if self._architect is None:
+            inner, outer = self.optimizers()
+            self._architect = Architect(
+                self._theta,
+                gsv_parameters(self.model),
+                inner.optimizer,
+                outer.optimizer,  # stepped raw: global_step counts inner steps only
+                self.train_loss,
+                self.val_loss,
+                order=self.settings.order,
+                virtual_step=self.settings.virtual_step,
+            )
+        return self._architect
+
+    def on_fit_start(self) -> None:
+        # backbones load in eval mode and Lightning keeps submodule modes as they are:
+        # the search trains with adapter dropout and the load-balancing loss (train mode)
+        self.model.train()
+
+    # -- validation batches ---------------------------------------------------------------
+    def _val_source(self):
+        if self._val_loader is not None:
+            return self._val_loader
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            raise ValueError(
+                "search.val_source=heldout needs val batches: pass a datamodule with a val split "
+                "to trainer.fit, or set search.val_source=alternate"
+            )
+        self._val_loader = dm.val_dataloader()
+        return self._val_loader
+
+    def next_val_batch(self) -> dict:
+        for _ in range(2):
+            if self._val_iter is None:
+                self._val_iter = iter(self._val_source())
+            try:
+                batch = next(self._val_iter)
+                return {
+                    k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()
+                }
+            except StopIteration:
+                self._val_iter = None
+        raise ValueError(
+            "the held-out val split is empty: raise task.datamodule.val_size or set "
+            "search.val_source=alternate"
+        )
+
+    # -- one step -------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int):
+        if self.settings.val_source == "alternate":
+            if self._pending is None:
+                self._pending = batch
+                return None
+            train_batch, val_batch, self._pending = self._pending, batch, None
+        else:
+            train_batch, val_batch = batch, self.next_val_batch()
+
+        inner, _ = self.optimizers()
+        sched = self.lr_schedulers()
+        step = self.global_step
+        val_loss = None
+        if self.settings.outer_due(step):
+            xi = inner.optimizer.param_groups[0]["lr"]
+            val_loss = self.architect.step(train_batch, val_batch, xi)
+
+        inner.zero_grad(set_to_none=True)
+        loss, lm, aux = self.train_objective(train_batch)
+        self.manual_backward(loss, inputs=self._theta)
+        clip = self.settings.inner.grad_clip
+        if clip:
+            self.clip_gradients(inner, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        inner.step()
+        sched.step()
+
+        bs = int(train_batch["input_ids"].shape[0])
+        self.log("train/loss", lm.detach(), prog_bar=True, batch_size=bs)
+        self.log("train/aux_loss", aux.detach(), batch_size=bs)
+        if val_loss is not None:
+            self.log("val/loss", val_loss, prog_bar=True, batch_size=bs)
+        self.log_dict(self.allocation_stats(), batch_size=bs)
+        every = self.settings.log_modules_every
+        if every and step % every == 0:
+            self.log_dict(self.module_stats(), batch_size=bs)
+        return loss.detach()
+
+    # -- what the GSVs select now -----------------------------------------------------------
+    @torch.no_grad()
+    def current(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(experts per module (M,), mean rank per module (M,), expert margin (M,), rank margin (M,))."""
+        layers = list(self._layers.values())
+        s_e = torch.sigmoid(torch.stack([m.gsv_expert for m in layers]))
+        s_r = torch.sigmoid(torch.stack([m.gsv_rank for m in layers]))
+        experts = s_e.argmax(-1).clamp(min=1) + 1
+        ranks = (s_r.argmax(-1) + 1).float()
+        kept = torch.arange(s_e.shape[-1], device=s_e.device) < experts[:, None]
+        mean_rank = (ranks * kept).sum(-1) / experts
+        rank_margin = (margin(s_r) * kept).sum(-1) / experts
+        return experts.float(), mean_rank, margin(s_e), rank_margin
+
+    def allocation_stats(self) -> dict[str, Tensor]:
+        experts, mean_rank, m_e, m_r = self.current()
+        stats = {
+            "alloc/experts_mean": experts.mean(),
+            "alloc/experts_total": experts.sum(),
+            "alloc/rank_mean": mean_rank.mean(),
+            "gsv/expert_margin": m_e.mean(),
+            "gsv/rank_margin": m_r.mean(),
+        }
+        usage = [m.usage for m in self._layers.values() if m.usage is not None]
+        if usage:
+            u = torch.stack(usage)
+            stats["usage/max_share"] = u.max(-1).values.mean()
+            stats["usage/active_experts"] = (u > 0).float().sum(-1).mean()
+        return stats
+
+    def module_stats(self) -> dict[str, Tensor]:
+        experts, mean_rank, _, _ = self.current()
+        out = {}
+        for i, name in enumerate(self._names):
+            out[f"modules/{short_name(name)}/experts"] = experts[i]
+            out[f"modules/{short_name(name)}/rank"] = mean_rank[i]
+        return out
+
+    # -- checkpoints: adapter tensors and GSVs only ---------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
