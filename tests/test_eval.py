@@ -163,6 +163,27 @@ def test_option_scores_match_unbatched_reference(model, tokenizer, reference, pa
     assert all(x < 0 for row in scores.logprobs for x in row)
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_shared_prompt_cache_matches_reference(model, tokenizer, reference, batch_size):
+    """Scoring options from the prompt's KV cache gives the per-pair reference scores,
+    with prompts of different lengths and different numbers of (multi-token) options."""
+    scores = score_options(model, tokenizer, PROMPTS, OPTIONS, batch_size, share_prompt=True)
+    for i, opts in enumerate(OPTIONS):
+        assert scores.logprobs[i] == pytest.approx(reference[i], abs=2e-4)
+        assert scores.num_tokens[i] == [
+            len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in opts
+        ]
+
+
+def test_shared_prompt_cache_with_truncation(model, tokenizer):
+    plain = score_options(model, tokenizer, PROMPTS[2:], OPTIONS[2:], 2, max_length=12)
+    cached = score_options(model, tokenizer, PROMPTS[2:], OPTIONS[2:], 2, max_length=12, share_prompt=True)
+    # the cached path truncates the prompt once, for the longest option; the other
+    # options then see the same (shortest) prompt: equal only where the option is longest
+    longest = max(range(4), key=lambda j: cached.num_tokens[0][j])
+    assert cached.logprobs[0][longest] == pytest.approx(plain.logprobs[0][longest], abs=2e-4)
+
+
 def test_option_scores_without_logits_to_keep(model, tokenizer):
     """A model whose forward has no ``logits_to_keep`` is scored from the full logits."""
 

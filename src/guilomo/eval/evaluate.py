@@ -60,6 +60,7 @@ def evaluate(
     stop: Sequence[str] | None = None,
     max_length: int | None = None,
     return_predictions: bool = False,
+    share_prompt: bool = True,
 ) -> dict:
     """Metrics of ``model`` on the prompts: ``{metric: value, ..., "n", "invalid", "mode"}``.
 
@@ -104,7 +105,8 @@ def evaluate(
         targets = [_target(i, g, o, labels, answer_pattern) for i, (g, o) in enumerate(zip(golds, options, strict=True))]
         if mode == "loglik":
             scores = score_options(
-                model, tokenizer, prompts, options, batch_size, padding_side, max_length
+                model, tokenizer, prompts, options, batch_size, padding_side, max_length,
+                share_prompt=share_prompt,
             )
             preds = scores.predictions(normalize_scores)
         else:
