@@ -144,3 +144,15 @@ def test_bad_settings_are_rejected():
         SearchLoraMoELinear(base, [8, 8], 2, rank_mask_mode="medium")
     with pytest.raises(ValueError, match="granularity"):
         inject_search_adapter(tiny_llama(), ["model.layers.0.mlp.up_proj"], granularity="block")
+
+
+def test_search_init_normal_reproduces_the_reference():
+    model = tiny_llama()
+    inject_search_adapter(
+        model, linear_names(model), n_max=2, r_max=2, config=LoraMoEConfig(init="normal")
+    )
+    b = torch.cat([m.lora_B.detach().reshape(-1) for m in search_layers(model).values()])
+    assert 0.015 < b.std() < 0.025  # N(0, 0.02) for B as well, not zero
+    model = tiny_llama()
+    inject_search_adapter(model, linear_names(model), n_max=2, r_max=2)
+    assert all(torch.count_nonzero(m.lora_B) == 0 for m in search_layers(model).values())

@@ -96,6 +96,27 @@ def _grads(loss: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
     return list(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True))
 
 
+def _average_across_processes(grads: list[Tensor]) -> list[Tensor]:
+    """Mean of the GSV gradients over data-parallel processes (identity when not distributed).
+
+    The hypergradient is computed with ``torch.autograd.grad``, which DDP does not
+    synchronise, so the GSVs would drift apart across processes without this.
+    """
+    dist = torch.distributed
+    if (
+        not (dist.is_available() and dist.is_initialized())
+        or dist.get_world_size() < 2
+        or not grads
+    ):
+        return grads
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    return [
+        f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)
+    ]
+
+
 # -- the outer step -----------------------------------------------------------------------
 class Architect:
     """Computes the GSV hypergradient and steps the outer optimiser.
@@ -143,6 +164,7 @@ class Architect:
     def step(self, train_batch: dict, val_batch: dict, xi: float) -> Tensor:
         """One outer step; returns the (detached) validation loss it was computed on."""
         grads, loss = self.hypergradient(train_batch, val_batch, xi)
+        grads = _average_across_processes(grads)
         for p, g in zip(self.gsv, grads, strict=True):
             p.grad = g
         self.outer_optimizer.step()

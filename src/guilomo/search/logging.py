@@ -46,9 +46,11 @@ def save_heatmap(allocation: Allocation, path: str | Path, title: str | None = N
         ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
         ax.set_ylabel("layer")
         if data.size <= 400:
+            mid = np.nanmin(data) + 0.6 * (np.nanmax(data) - np.nanmin(data))
             for (i, j), v in np.ndenumerate(data):
                 if not np.isnan(v):
-                    ax.text(j, i, fmt % v, ha="center", va="center", color="w", fontsize=7)
+                    color = "k" if v > mid else "w"  # readable on bright and dark cells
+                    ax.text(j, i, fmt % v, ha="center", va="center", color=color, fontsize=7)
         fig.colorbar(im, ax=ax, fraction=0.05)
     if title:
         fig.suptitle(title)

@@ -102,6 +102,11 @@ class SearchModule(L.LightningModule):
             raise ValueError("model has no search layers: inject them with inject_search_adapter")
         self._names = list(self._layers)
         self._theta = inner_parameters(model)
+        # DDP must not wait for GSV gradients: the Architect averages them itself
+        gsv = {id(p) for p in gsv_parameters(model)}
+        self._ddp_params_and_buffers_to_ignore = [
+            n for n, p in self.named_parameters() if id(p) in gsv
+        ]
 
     # -- losses -------------------------------------------------------------------------
     def lm_loss(self, batch: dict) -> Tensor:

@@ -99,7 +99,10 @@ def run_search(cfg: DictConfig) -> Path:
             "search": settings.to_dict(),
         }
     )
-    path = allocation.save(out / ALLOCATION_FILE)
+    path = out / ALLOCATION_FILE
+    if not trainer.is_global_zero:  # data-parallel: every process holds the same GSVs
+        return path
+    allocation.save(path)
     if settings.heatmap:
         title = f"{cfg.backbone.id} / {cfg.task.id}: {allocation.summary()}"
         image = save_heatmap(allocation, out / HEATMAP_FILE, title=title)

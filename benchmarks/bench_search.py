@@ -1,0 +1,181 @@
+"""Time one search step against one plain fine-tune step on the same batch.
+
+Variants, each on its own copy of a toy LLaMA (fp32, one thread, same batch size):
+
+- ``finetune``: forward + backward + clip + AdamW on a LoRA-MoE with the search's
+  maximum sizes (``n_max`` experts of rank ``r_max`` in every module, top-2) and
+  ``L_lm + aux_coef * L_aux``: the stage-2 step;
+- ``search-1st``: a first-order search step: the outer step (val forward, backward
+  into the GSVs, Adam) and the inner step (the fine-tune step above, on
+  :class:`SearchLoraMoELinear` layers with GSV masks and lambda);
+- ``search-2nd``: a second-order search step: virtual step, val pass, exact restore,
+  two finite-difference passes, outer Adam, then the inner step (5 passes).
+
+Both stages compute the loss the same way (the search's sparse-logit loss; every
+token has a label here, so it equals the model's own loss). All variants are timed
+round-robin in one process, ``--steps`` steps per timing, median over ``--rounds``
+rounds after 2 warm-up rounds; ratios are medians of per-round ratios (paired, so a
+slow drift of the machine cancels). The process CPU share (CPU time / wall time)
+during the timed window is printed: below 0.9 another job took the core and the run
+is ``contended``; it is retried up to ``--retries`` times.
+
+Targets (performance.md): search-1st <= 2.1x, search-2nd <= 5.2x the fine-tune step.
+
+    .venv/bin/python benchmarks/bench_search.py [--hidden 256] [--layers 2] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from guilomo.allocation import uniform
+from guilomo.moe import LoraMoEConfig, aux_loss, find_targets, inject_adapter
+from guilomo.search import SearchSettings, gsv_parameters, inject_search_adapter, inner_parameters
+from guilomo.search.architect import Architect
+from guilomo.search.module import SearchModule, sparse_lm_loss
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS_FIRST = 2.1
+TARGETS_SECOND = 5.2
+
+
+def toy_llama(hidden: int, layers: int, vocab: int, seed: int = 0) -> LlamaForCausalLM:
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        num_key_value_heads=max(1, hidden // 128),
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
+def make_batch(batch: int, seq: int, vocab: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+class Finetune:
+    def __init__(self, args):
+        self.model = toy_llama(args.hidden, args.layers, args.vocab)
+        names = list(find_targets(self.model, TARGETS))
+        self.cfg = LoraMoEConfig()
+        inject_adapter(self.model, uniform(names, args.n_max, args.r_max, 2), self.cfg)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=3e-4)
+
+    def step(self, train, val):
+        self.opt.zero_grad(set_to_none=True)
+        loss = sparse_lm_loss(self.model, train)
+        loss = loss + self.cfg.aux_coef * aux_loss(self.model)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+
+
+class Search:
+    def __init__(self, args, order):
+        self.model = toy_llama(args.hidden, args.layers, args.vocab)
+        names = list(find_targets(self.model, TARGETS))
+        inject_search_adapter(self.model, names, n_max=args.n_max, r_max=args.r_max)
+        self.model.train()
+        settings = SearchSettings(n_max=args.n_max, r_max=args.r_max, order=order)
+        self.module = SearchModule(self.model, settings)  # for its loss functions
+        self.theta = inner_parameters(self.model)
+        self.inner = torch.optim.AdamW(self.theta, lr=3e-4)
+        outer = torch.optim.Adam(gsv_parameters(self.model), lr=3e-3, betas=(0.5, 0.999))
+        self.arch = Architect(
+            self.theta,
+            gsv_parameters(self.model),
+            self.inner,
+            outer,
+            self.module.train_loss,
+            self.module.val_loss,
+            order=order,
+        )
+
+    def step(self, train, val):
+        self.arch.step(train, val, xi=self.inner.param_groups[0]["lr"])
+        self.inner.zero_grad(set_to_none=True)
+        loss = self.module.train_loss(train)
+        loss.backward(inputs=self.theta)
+        torch.nn.utils.clip_grad_norm_(self.theta, 1.0)
+        self.inner.step()
+
+
+def measure(args) -> tuple[dict[str, list[float]], float]:
+    variants = {
+        "finetune": Finetune(args),
+        "search-1st": Search(args, "first"),
+        "search-2nd": Search(args, "second"),
+    }
+    train = make_batch(args.batch, args.seq, args.vocab, 1)
+    val = make_batch(args.batch, args.seq, args.vocab, 2)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    wall = cpu = 0.0
+    for rnd in range(args.rounds + 2):
+        for name, v in variants.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(args.steps):
+                v.step(train, val)
+            t1, c1 = time.perf_counter(), time.process_time()
+            if rnd >= 2:
+                times[name].append((t1 - t0) / args.steps)
+                wall += t1 - t0
+                cpu += c1 - c0
+    return times, cpu / wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--n-max", type=int, default=8)
+    ap.add_argument("--r-max", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--retries", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    for attempt in range(args.retries + 1):
+        times, share = measure(args)
+        contended = share < 0.9
+        if not contended:
+            break
+        print(f"attempt {attempt + 1}: CPU share {share:.2f} < 0.9 (contended), retrying")
+
+    base = times["finetune"]
+    print(
+        f"toy LLaMA hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, "
+        f"batch {args.batch} x {args.seq} tokens; n_max {args.n_max}, r_max {args.r_max}; "
+        f"1 thread, {args.rounds} rounds x {args.steps} steps"
+    )
+    print(f"{'variant':<12} {'median ms':>10} {'x finetune':>11} {'target':>7}")
+    targets = {"search-1st": TARGETS_FIRST, "search-2nd": TARGETS_SECOND}
+    for name, ts in times.items():
+        ratio = statistics.median(t / b for t, b in zip(ts, base, strict=True))
+        target = targets.get(name)
+        mark = "" if target is None else f"<={target}" + (" ok" if ratio <= target else " MISS")
+        print(f"{name:<12} {1e3 * statistics.median(ts):>10.1f} {ratio:>11.2f} {mark:>7}")
+    print(
+        f"CPU share {share:.2f}" + (" (contended: rerun on a quieter machine)" if contended else "")
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The allocation heatmap: grid, PNG file, W&B image logging."""
+
+import numpy as np
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from guilomo.allocation import Allocation, ModuleAllocation
+from guilomo.search.logging import allocation_grid, log_heatmap, save_heatmap
+
+
+def alloc():
+    return Allocation(
+        {
+            "model.layers.0.self_attn.q_proj": ModuleAllocation((8, 4)),
+            "model.layers.0.mlp.up_proj": ModuleAllocation((2, 2, 2)),
+            "model.layers.1.self_attn.q_proj": ModuleAllocation((1, 3)),
+        }
+    )
+
+
+def test_grid_has_layers_by_module_kind():
+    layers, kinds, experts, ranks = allocation_grid(alloc())
+    assert layers == [0, 1] and kinds == ["q_proj", "up_proj"]
+    assert experts[0].tolist() == [2, 3] and experts[1, 0] == 2 and np.isnan(experts[1, 1])
+    assert ranks[0].tolist() == [6.0, 2.0] and ranks[1, 0] == 2.0
+
+
+def test_heatmap_png_and_wandb_image(tmp_path, monkeypatch):
+    path = save_heatmap(alloc(), tmp_path / "h.png", title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    logged = []
+    monkeypatch.setattr(
+        WandbLogger, "log_image", lambda self, key, images: logged.append((key, images))
+    )
+    wandb = WandbLogger.__new__(WandbLogger)  # no run is started
+    log_heatmap([CSVLogger(tmp_path), wandb], path)
+    assert logged == [("allocation/heatmap", [str(path)])]
