@@ -12,7 +12,11 @@ All variants are timed round-robin in one process (so a burst of load from
 other jobs hits all of them alike); each entry is the median over the rounds
 after the warm-up rounds. The CPU share of the process during the timed window
 (process CPU time / wall time) is printed; below 0.9 another job took the core
-and the run is marked ``contended``: rerun it when the machine is quieter.
+and the run is marked ``contended``: rerun it when the machine is quieter. The
+1-min load average is printed too: a busy second core does not steal this
+process's CPU time but shares the memory bandwidth and the last-level cache, which
+slows the memory-bound parts of the adapters (x/floor moves by ~+-0.05 between
+runs on this 2-core machine).
 
 The floor of a variant is its FLOP count from the formulas of
 ``/work/shared/performance.md`` (per token: base 4 d_in d_out; LoRA rank r:
@@ -31,6 +35,7 @@ times measured in the same round (paired, so slow drifts of the machine cancel);
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -172,9 +177,10 @@ def main() -> None:
                 f"{ratio['x/floor'][name]:>8.3f} {ratio['x/base'][name]:>7.3f}{extra}"
             )
         state = "ok" if res["share"] >= 0.9 else "contended"
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(
             f"d={d}: base rate {res['rate'] / 1e9:.1f} GFLOP/s, CPU share {res['share']:.2f} "
-            f"({state})"
+            f"({state}), 1-min load average {load:.2f}"
         )
         print(
             f"d={d} targets: masked/floor {ratio['x/floor']['masked']:.3f} (<= 1.10), "
