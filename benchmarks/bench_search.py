@@ -11,6 +11,9 @@ Variants, each on its own copy of a toy LLaMA (fp32, one thread, same batch size
 - ``search-2nd``: a second-order search step: virtual step, val pass, exact restore,
   two finite-difference passes, outer Adam, then the inner step (5 passes).
 
+The outer passes run without adapter dropout (``search.outer_dropout=false``, the
+default); ``--outer-dropout`` times the reference's setting.
+
 Both stages compute the loss the same way (the search's sparse-logit loss; every
 token has a label here, so it equals the model's own loss). All variants are timed
 round-robin in one process, ``--steps`` steps per timing, median over ``--rounds``
@@ -90,7 +93,9 @@ class Search:
         names = list(find_targets(self.model, TARGETS))
         inject_search_adapter(self.model, names, n_max=args.n_max, r_max=args.r_max)
         self.model.train()
-        settings = SearchSettings(n_max=args.n_max, r_max=args.r_max, order=order)
+        settings = SearchSettings(
+            n_max=args.n_max, r_max=args.r_max, order=order, outer_dropout=args.outer_dropout
+        )
         self.module = SearchModule(self.model, settings)  # for its loss functions
         self.theta = inner_parameters(self.model)
         self.inner = torch.optim.AdamW(self.theta, lr=3e-4)
@@ -100,12 +105,12 @@ class Search:
             gsv_parameters(self.model),
             self.inner,
             outer,
-            self.module.train_loss,
+            self.module.outer_train_loss,  # as SearchModule.architect builds it
             self.module.val_loss,
             order=order,
         )
 
-    def step(self, train, val):
+    def step(self, train, val):  # SearchModule.training_step without Lightning
         self.arch.step(train, val, xi=self.inner.param_groups[0]["lr"])
         self.inner.zero_grad(set_to_none=True)
         loss = self.module.train_loss(train)
@@ -149,6 +154,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--retries", type=int, default=2)
+    ap.add_argument(
+        "--outer-dropout",
+        action="store_true",
+        help="adapter dropout in the outer passes too (the reference; default off)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -163,7 +173,7 @@ def main() -> None:
     print(
         f"toy LLaMA hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, "
         f"batch {args.batch} x {args.seq} tokens; n_max {args.n_max}, r_max {args.r_max}; "
-        f"1 thread, {args.rounds} rounds x {args.steps} steps"
+        f"1 thread, {args.rounds} rounds x {args.steps} steps; outer_dropout={args.outer_dropout}"
     )
     print(f"{'variant':<12} {'median ms':>10} {'x finetune':>11} {'target':>7}")
     targets = {"search-1st": TARGETS_FIRST, "search-2nd": TARGETS_SECOND}

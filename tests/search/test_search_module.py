@@ -136,3 +136,25 @@ def test_checkpoint_holds_adapter_and_gsvs_only(tmp_path):
     assert set(state) == trainable
     assert sum(".gsv_expert" in k for k in state) == 2  # shared per layer: stored once
     assert not any(k.endswith("base.weight") or "embed" in k for k in state)
+
+
+def test_outer_passes_skip_val_aux_and_by_default_dropout():
+    batch = make_batch(0)
+    for outer_dropout in (False, True):
+        model = search_model()
+        with torch.no_grad():
+            for m in model.modules():
+                if hasattr(m, "gsv_rank"):
+                    m.lora_B.normal_(std=0.5)
+        module = SearchModule(model, SearchSettings(n_max=4, r_max=4, outer_dropout=outer_dropout))
+        model.train()
+        with torch.no_grad():
+            a, b = module.val_loss(batch), module.val_loss(batch)
+            assert all(float(m.aux) == 0.0 for m in module._layers.values())  # L_val: no aux
+            assert (a == b) is not outer_dropout  # deterministic unless dropout is on
+            c, d = module.outer_train_loss(batch), module.outer_train_loss(batch)
+            assert (c == d) is not outer_dropout
+            assert all(float(m.aux) > 0.0 for m in module._layers.values())  # L_train: aux
+            e, f = module.train_loss(batch), module.train_loss(batch)
+            assert e != f  # the inner step always uses dropout
+        assert all(m.dropout.training for m in module._layers.values())

@@ -17,6 +17,7 @@ With ``granularity="layer"`` the modules of one decoder layer share one expert G
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +62,7 @@ class SearchLoraMoELinear(LoraMoELinear):
         self.gsv_rank = nn.Parameter(torch.empty(n, r, **f32))
         self.rank_lambda = nn.Parameter(torch.ones(n, r, **f32))
         self.track_usage = True
+        self.aux_enabled = True  # off for passes whose loss has no aux term (the val loss)
         self.usage: Tensor | None = None  # fraction of top-k assignments per expert (last forward)
         self.reset_gsvs()
 
@@ -88,6 +90,8 @@ class SearchLoraMoELinear(LoraMoELinear):
         return torch.sigmoid(self.gsv_rank).argmax(-1) + 1
 
     def balance_loss(self, probs: Tensor, top_i: Tensor, mask: Tensor | None) -> Tensor:
+        if not self.aux_enabled:
+            return probs.new_zeros(())
         loss = super().balance_loss(probs, top_i, mask)
         if self.track_usage:
             sel = top_i if mask is None else top_i[mask]
@@ -105,6 +109,24 @@ class SearchLoraMoELinear(LoraMoELinear):
 def search_layers(model: nn.Module) -> dict[str, SearchLoraMoELinear]:
     """The search layers of a model, by module path, in module order."""
     return {n: m for n, m in model.named_modules() if isinstance(m, SearchLoraMoELinear)}
+
+
+@contextmanager
+def pass_mode(model: nn.Module, aux: bool = True, dropout: bool = True):
+    """Inside: the search layers compute the load-balancing loss only if ``aux`` (the
+    val loss has no aux term) and apply adapter dropout only if ``dropout``."""
+    layers = list(search_layers(model).values())
+    modes = [m.dropout.training for m in layers]
+    for m in layers:
+        m.aux_enabled = aux
+        if not dropout:
+            m.dropout.train(False)
+    try:
+        yield
+    finally:
+        for m, mode in zip(layers, modes, strict=True):
+            m.aux_enabled = True
+            m.dropout.train(mode)
 
 
 def _unique(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:

@@ -8,6 +8,10 @@ Each real step takes a (train batch, val batch) pair:
    Theta only, gradient clipping, AdamW, LR scheduler (warm-up, linear decay to 0
    over the real number of steps).
 
+The outer step's losses are those of the deterministic model: L_val has no aux term
+and, unless ``outer_dropout`` (the reference), the outer passes run without adapter
+dropout; the inner step always trains with dropout and the aux loss.
+
 Val batches come from the datamodule's held-out split (cycled), or with
 ``val_source="alternate"`` from every second training micro-batch (the reference);
 either way ``global_step`` and the schedule count real steps: only the inner
@@ -29,7 +33,12 @@ from guilomo.moe.inject import CONTEXT_ATTR, aux_loss
 from guilomo.search.architect import Architect
 from guilomo.search.config import SearchSettings
 from guilomo.search.gsv import margin
-from guilomo.search.layer import gsv_parameters, inner_parameters, search_layers
+from guilomo.search.layer import (
+    gsv_parameters,
+    inner_parameters,
+    pass_mode,
+    search_layers,
+)
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels")
 IGNORE = -100
@@ -131,7 +140,14 @@ class SearchModule(L.LightningModule):
         return self.train_objective(batch)[0]
 
     def val_loss(self, batch: dict) -> Tensor:
-        return self.lm_loss(batch)
+        """L_val: LM loss only (no aux term); adapter dropout only if ``outer_dropout``."""
+        with pass_mode(self.model, aux=False, dropout=self.settings.outer_dropout):
+            return self.lm_loss(batch)
+
+    def outer_train_loss(self, batch: dict) -> Tensor:
+        """L_train as the outer step sees it (virtual step, finite differences)."""
+        with pass_mode(self.model, aux=True, dropout=self.settings.outer_dropout):
+            return self.train_loss(batch)
 
     # -- optimisers -----------------------------------------------------------------------
     def configure_optimizers(self):
@@ -176,7 +192,7 @@ class SearchModule(L.LightningModule):
                 gsv_parameters(self.model),
                 inner.optimizer,
                 outer.optimizer,  # stepped raw: global_step counts inner steps only
-                self.train_loss,
+                self.outer_train_loss,
                 self.val_loss,
                 order=self.settings.order,
                 virtual_step=self.settings.virtual_step,
