@@ -118,3 +118,29 @@ def test_saved_activations_heterogeneous_ranks():
     x = torch.randn(T, d, generator=torch.Generator().manual_seed(3))
     masked = saved_floats_per_token(layer(ranks, k, d, d), x)
     assert abs(masked - (3 * R + 2 * N)) <= 0.10 * (3 * R + 2 * N), masked
+
+
+def test_saved_activations_bf16_keep_no_fp32_copy_of_x():
+    # fp32 router logits from a bf16 x must not keep x.float() (d_in floats per token)
+    N, r, k, d, T = 8, 8, 2, 512, 256
+    x = torch.randn(T, d, generator=torch.Generator().manual_seed(4)).bfloat16()
+    saved = saved_floats_per_token(layer([r] * N, k, d, d).to(torch.bfloat16), x)
+    assert saved < 3 * N * r + 2 * N, saved  # T x R tensors are bf16: about half of fp32
+
+
+@pytest.mark.parametrize("w_dtype", [torch.float32, torch.bfloat16])
+def test_fp32_router_logits_are_exact(w_dtype):
+    from guilomo.moe.layer import _Fp32Linear
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 32, generator=g).bfloat16().requires_grad_(True)
+    w = torch.randn(6, 32, generator=g).to(w_dtype).requires_grad_(True)
+    gz = torch.randn(64, 6, generator=g)
+    z = _Fp32Linear.apply(x, w)
+    assert z.dtype == torch.float32
+    gx, gw = torch.autograd.grad(z, (x, w), gz)
+    x2, w2 = x.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    z2 = torch.nn.functional.linear(x2.float(), w2.float())  # plain autograd
+    gx2, gw2 = torch.autograd.grad(z2, (x2, w2), gz)
+    assert torch.equal(z, z2) and torch.equal(gx, gx2) and torch.equal(gw, gw2)
+    assert gx.dtype == torch.bfloat16 and gw.dtype == w_dtype

@@ -42,6 +42,27 @@ class RoutingContext:
         return m.reshape(-1).to(device=device, dtype=torch.bool)
 
 
+class _Fp32Linear(torch.autograd.Function):
+    """``F.linear(x.float(), w.float())`` that saves ``x`` in its own dtype.
+
+    Plain autograd would keep the fp32 copy of a bf16 ``x`` (d_in floats per token,
+    more than the whole masked adapter saves); the upcast is exact, so redoing it in
+    the backward gives the same gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(x, w)
+        return F.linear(x.float(), w.float())
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, w = ctx.saved_tensors
+        gx = (g @ w.float()).to(x.dtype) if ctx.needs_input_grad[0] else None
+        gw = (g.t() @ x.float()).to(w.dtype) if ctx.needs_input_grad[1] else None
+        return gx, gw
+
+
 class LoraMoELinear(nn.Module):
     """A frozen linear layer with ``len(ranks)`` LoRA experts of ranks ``ranks``."""
 
@@ -124,7 +145,10 @@ class LoraMoELinear(nn.Module):
         if self.router is None:
             ones = x2.new_ones(T, 1, dtype=torch.float32)
             return ones, torch.zeros(T, 1, dtype=torch.long, device=x2.device), ones
-        logits = F.linear(x2.float(), self.router.float())
+        if x2.dtype == torch.float32 and self.router.dtype == torch.float32:
+            logits = F.linear(x2, self.router)
+        else:  # fp32 logits without keeping an fp32 copy of x for the backward
+            logits = _Fp32Linear.apply(x2, self.router)
         if bias is not None:
             logits = logits + bias
         probs = logits.softmax(-1)
