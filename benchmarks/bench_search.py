@@ -48,13 +48,15 @@ TARGETS_SECOND = 5.2
 
 
 def toy_llama(hidden: int, layers: int, vocab: int, seed: int = 0) -> LlamaForCausalLM:
+    heads = max(1, hidden // 64)
+    kv = next(k for k in range(max(1, heads // 3), 0, -1) if heads % k == 0)  # GQA like SmolLM2
     cfg = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 64),
-        num_key_value_heads=max(1, hidden // 128),
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
         max_position_embeddings=1024,
         tie_word_embeddings=False,
     )
