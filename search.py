@@ -1,7 +1,7 @@
 """Stage 1: search how many LoRA experts each module gets and the rank of each expert.
 
-    python search.py                                  # SmolLM2 (first 4 layers), chatterbot_topic
-    python search.py search.order=second budget=params budget.value=500000
+    python search.py                                  # SmolLM2, chatterbot_topic, 10 steps
+    python search.py search.order=second budget=params budget.value=2000000
     python search.py backbone=tiny_llama debug=fast   # seconds, for a smoke test
 
 The last line printed is ``allocation: <path>``; pass that file to train.py.
