@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from guilomo.budget import Budget
@@ -50,6 +50,8 @@ def build_trainer(cfg: DictConfig, **overrides):
     callbacks = _instantiate_all(cfg.get("callbacks"))
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return hydra.utils.instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides
     )
