@@ -15,7 +15,7 @@ from guilomo.search import (
     inject_search_adapter,
 )
 from guilomo.search.layer import inner_parameters
-from guilomo.search.module import sparse_lm_loss
+from guilomo.lm_loss import sparse_lm_loss
 
 
 def make_batch(seed, n=4, t=10):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from guilomo.lm_loss import sparse_lm_loss, supports_sparse_logits
 from guilomo.moe import aux_loss
 
 
@@ -44,28 +45,34 @@ class FinetuneModule(L.LightningModule):
         total_steps: int = 1000,
         aux_coef: float = 0.001,
         aux_reduction: str = "mean",
+        sparse_logits: bool = True,
     ):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
         self.aux_coef, self.aux_reduction = aux_coef, aux_reduction
+        self.sparse_logits = sparse_logits and supports_sparse_logits(model)
         self.strict_loading = False  # checkpoints hold the adapter only
 
     def forward(self, **batch):
         return self.model(**batch)
 
     def _loss(self, batch, stage: str):
-        out = self.model(**batch)
-        loss = out.loss
+        # the LM head only where a label exists: same loss, ~20% less compute on SmolLM2
+        lm = sparse_lm_loss(self.model, batch) if self.sparse_logits else self.model(**batch).loss
+        loss = lm
         if stage == "train" and self.aux_coef > 0:
             aux = aux_loss(self.model, self.aux_reduction).to(loss.device)
             self.log("train/aux_loss", aux, on_step=True, on_epoch=False)
             loss = loss + self.aux_coef * aux
         bs = batch["input_ids"].shape[0]
-        self.log(f"{stage}/lm_loss", out.loss, prog_bar=True, batch_size=bs,
+        self.log(f"{stage}/lm_loss", lm, prog_bar=True, batch_size=bs,
                  on_step=stage == "train", on_epoch=stage != "train")
         return loss
+
+    def on_fit_start(self) -> None:
+        self.model.train()  # backbones load in eval mode; Lightning keeps submodule modes
 
     def training_step(self, batch, batch_idx):
         return self._loss(batch, "train")

@@ -85,9 +85,9 @@ def run_train(cfg: DictConfig) -> dict:
         total_steps=total_steps,
         aux_coef=lora_cfg.aux_coef,
         aux_reduction=lora_cfg.aux_reduction,
+        sparse_logits=cfg.get("sparse_logits", True),
     )
     trainer = build_trainer(cfg)
-    module.train()  # the backbone comes in eval mode; dropout must be on while training
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
 
     model.eval()
