@@ -37,10 +37,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from guilomo.allocation import uniform
+from guilomo.lm_loss import sparse_lm_loss
 from guilomo.moe import LoraMoEConfig, aux_loss, find_targets, inject_adapter
 from guilomo.search import SearchSettings, gsv_parameters, inject_search_adapter, inner_parameters
 from guilomo.search.architect import Architect
-from guilomo.lm_loss import sparse_lm_loss
 from guilomo.search.module import SearchModule
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -7,6 +7,7 @@ import torch
 from helpers import linear_names, tiny_llama
 from torch.utils.data import DataLoader
 
+from guilomo.lm_loss import sparse_lm_loss
 from guilomo.search import (
     Architect,
     SearchModule,
@@ -15,7 +16,6 @@ from guilomo.search import (
     inject_search_adapter,
 )
 from guilomo.search.layer import inner_parameters
-from guilomo.lm_loss import sparse_lm_loss
 
 
 def make_batch(seed, n=4, t=10):
