@@ -134,3 +134,23 @@ def test_budget_scales_baseline(tmp_path):
     alloc = Allocation.load(tmp_path / "allocation.json")
     assert 300 - 14 < alloc.total_rank <= 300  # within one rank per module of the target
     assert {m.experts for m in alloc.modules.values()} == {8}
+
+
+def test_schedule_counts_epochs_when_max_steps_unset(tmp_path, monkeypatch):
+    """max_steps=-1 + max_epochs: the LR decays to 0 exactly at the last real step."""
+    import guilomo.finetune.module as fm
+
+    seen = []
+    real = fm.warmup_linear
+    monkeypatch.setattr(fm, "warmup_linear", lambda w, t: seen.append((w, t)) or real(w, t))
+    cfg = compose_cfg(
+        "train",
+        [*FAST, "allocation=lora", "trainer.max_steps=-1", "trainer.max_epochs=2",
+         "task.datamodule.max_train_examples=12", "optim.warmup_steps=1", "eval.zero_shot=false"],
+        tmp_path,
+    )
+    result = run_train(cfg)
+    assert result["steps"] == 6  # 2 epochs x 3 batches of 4
+    assert seen == [(1, 6)]
+    fn = real(1, 6)
+    assert fn(5) > 0 and fn(6) == 0.0

@@ -42,7 +42,7 @@ class FinetuneModule(L.LightningModule):
         lr: float = 3e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
-        total_steps: int = 1000,
+        total_steps: int | None = None,
         aux_coef: float = 0.001,
         aux_reduction: str = "mean",
         sparse_logits: bool = True,
@@ -83,9 +83,10 @@ class FinetuneModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, warmup_linear(self.warmup_steps, self.total_steps)
-        )
+        total = self.total_steps
+        if not total or total <= 0:  # max_steps unset: epochs x batches, as Lightning counts them
+            total = int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(self.warmup_steps, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints: adapter tensors + RNG states only --------------------------------

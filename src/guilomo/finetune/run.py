@@ -76,7 +76,7 @@ def run_train(cfg: DictConfig) -> dict:
     lora_cfg = build_lora_config(cfg)
     inject_adapter(model, alloc, lora_cfg)
     n_params = trainable_parameters(model)
-    total_steps = cfg.trainer.max_steps
+    total_steps = cfg.trainer.max_steps if (cfg.trainer.max_steps or -1) > 0 else None
     module = FinetuneModule(
         model,
         lr=cfg.optim.lr,
