@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 TORCH_INDEX ?=
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: venv test test-all demo lint bench
+.PHONY: venv test test-slow test-all demo lint bench
 
 venv: $(STAMP)
 
@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml
 
 test: venv
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow"
+
+test-slow: venv
+	$(TEST_ENV) $(PY) -m pytest -q -m slow
 
 test-all: venv
 	$(TEST_ENV) $(PY) -m pytest -q
