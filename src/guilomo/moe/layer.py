@@ -161,20 +161,21 @@ class LoraMoELinear(nn.Module):
         bias, rank_gate = self.search_terms()
         probs, top_i, top_w = self.route(x2, bias)
         scale = self.rank_scale if rank_gate is None else self.rank_scale * rank_gate
-        if self.config.impl == "loop":
-            delta = self._delta_loop(x2, top_i, top_w, scale)
-        else:
-            delta = self._delta_masked(x2, top_i, top_w, scale)
         self.aux = None
         if self.training and self.router is not None:
             self.aux = self.balance_loss(probs, top_i, self.context.flat_mask(x2.shape[0], x.device))
-        return y + delta.reshape(y.shape).to(y.dtype)
+        if self.config.impl == "loop":
+            delta = self._delta_loop(x2, top_i, top_w, scale)
+            return y + delta.reshape(y.shape).to(y.dtype)
+        return self._add_masked(y, x2, top_i, top_w, scale)
 
-    def _delta_masked(self, x2: Tensor, top_i: Tensor, top_w: Tensor, scale: Tensor) -> Tensor:
+    def _add_masked(self, y: Tensor, x2: Tensor, top_i: Tensor, top_w: Tensor, scale: Tensor) -> Tensor:
+        """``y + ((drop(x) A^T) * gate_R) B^T``, the final add fused into the second GEMM."""
         gate = top_w.new_zeros(x2.shape[0], self.num_experts).scatter(1, top_i, top_w)
         gate_r = gate.index_select(1, self.expert_of_rank) * scale  # T x R, fp32
         h = self.dropout(x2) @ self.lora_A.t()
-        return (h * gate_r.to(h.dtype)) @ self.lora_B.t()
+        y2 = y.reshape(-1, y.shape[-1])
+        return torch.addmm(y2, h * gate_r.to(h.dtype), self.lora_B.t().to(y2.dtype)).reshape(y.shape)
 
     def _delta_loop(self, x2: Tensor, top_i: Tensor, top_w: Tensor, scale: Tensor) -> Tensor:
         out = x2.new_zeros(x2.shape[0], self.lora_B.shape[0])
