@@ -241,3 +241,16 @@ def test_uniform():
     assert a.top_k == 1 and a.modules[Q].ranks == (4,) and a.meta == {"backbone": "b"}
     with pytest.raises(AllocationError, match=">= 1"):
         uniform([Q], experts=0, rank=4)
+
+
+def test_atomic_write_gives_usual_permissions(tmp_path):
+    import os
+
+    from guilomo.utils.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
