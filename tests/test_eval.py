@@ -192,14 +192,18 @@ def test_option_scores_without_logits_to_keep(model, tokenizer):
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None,
+                    past_key_values=None):
             return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids, use_cache=use_cache)
+                              position_ids=position_ids, use_cache=use_cache,
+                              past_key_values=past_key_values)
 
     a = score_options(Plain(model), tokenizer, PROMPTS, OPTIONS, 3, "right")
     b = score_options(model, tokenizer, PROMPTS, OPTIONS, 3, "left")
-    for x, y in zip(a.logprobs, b.logprobs, strict=True):
+    c = score_options(Plain(model), tokenizer, PROMPTS, OPTIONS, 2, share_prompt=True)
+    for x, y, z in zip(a.logprobs, b.logprobs, c.logprobs, strict=True):
         assert x == pytest.approx(y, abs=2e-4)
+        assert z == pytest.approx(y, abs=2e-4)
 
 
 def test_option_tokens_are_tokenised_separately(tokenizer):

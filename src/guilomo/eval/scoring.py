@@ -73,6 +73,13 @@ def encode_pair(tokenizer, prompt: str, option: str, max_length: int | None = No
     return p + o, len(o)
 
 
+def _check_inputs(prompts, options, batch_size: int) -> None:
+    if len(prompts) != len(options):
+        raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+
+
 def _accepts_logits_to_keep(model) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -97,14 +104,11 @@ def score_options(
     key/value cache (:func:`score_options_cached`): the same scores, k times less work
     for k options; ``batch_size`` then counts prompts.
     """
-    if share_prompt:
-        return score_options_cached(model, tokenizer, prompts, options, batch_size, max_length)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    if len(prompts) != len(options):
-        raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+    _check_inputs(prompts, options, batch_size)
+    if share_prompt:
+        return score_options_cached(model, tokenizer, prompts, options, batch_size, max_length)
     items = []  # (example, option, ids, n_option)
     for i, (prompt, opts) in enumerate(zip(prompts, options, strict=True)):
         if not opts:
@@ -187,9 +191,9 @@ def score_options_cached(
     (prompt, option) pair (``reorder_cache``), and the right-padded options run on top
     of it with positions that continue the prompt's; their logits score the rest.
     """
-    if len(prompts) != len(options):
-        raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
+    _check_inputs(prompts, options, batch_size)
     pad_id = pad_id_of(tokenizer)
+    keep = _accepts_logits_to_keep(model)
     device = next(model.parameters()).device
     enc = []  # (prompt ids, [option ids])
     for i, (prompt, opts) in enumerate(zip(prompts, options, strict=True)):
@@ -220,7 +224,7 @@ def score_options_cached(
                 attention_mask=mask.to(device),
                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
                 use_cache=True,
-                logits_to_keep=1,
+                **({"logits_to_keep": 1} if keep else {}),
             )
             first = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()
             pair_src, pair_opt = [], []
@@ -246,8 +250,8 @@ def score_options_cached(
                     position_ids=pos.to(device),
                     past_key_values=cache,
                     use_cache=False,
-                    logits_to_keep=o_width,
-                ).logits[:, :-1]
+                    **({"logits_to_keep": o_width} if keep else {}),
+                ).logits[:, -o_width:-1]
                 rest = torch.log_softmax(rest.float(), -1).cpu()
             for k, (i, j, o) in enumerate(pair_opt):
                 lp = float(first[pair_src[k], o[0]])
