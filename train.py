@@ -1,6 +1,6 @@
 """Fine-tune a LoRA-MoE from an allocation (searched or baseline) and evaluate it.
 
-    python train.py allocation=file allocation.path=<allocation.json>
+python train.py allocation=file allocation.path=<allocation.json>
 """
 
 import hydra

@@ -52,7 +52,9 @@ def llama_shapes(layers: int, hidden: int, ffn: int, kv: int) -> dict[str, tuple
         "down_proj": (ffn, hidden),
     }
     return {
-        f"model.layers.{layer}.{MODULES[n]}.{n}": d for layer in range(layers) for n, d in dims.items()
+        f"model.layers.{layer}.{MODULES[n]}.{n}": d
+        for layer in range(layers)
+        for n, d in dims.items()
     }
 
 
@@ -93,8 +95,12 @@ def test_uniform_is_n_experts_of_rank_r():
 
 @pytest.mark.parametrize(
     "kind, pattern, total",
-    [("mola_2468", (2, 4, 6, 8), 160), ("mola_8642", (8, 6, 4, 2), 160),
-     ("mola_5555", (5, 5, 5, 5), 160), ("mola_8888", (8, 8, 8, 8), 256)],
+    [
+        ("mola_2468", (2, 4, 6, 8), 160),
+        ("mola_8642", (8, 6, 4, 2), 160),
+        ("mola_5555", (5, 5, 5, 5), 160),
+        ("mola_8888", (8, 8, 8, 8), 256),
+    ],
 )
 def test_mola_32_layers_quarters(kind, pattern, total):
     a = make_baseline(kind, LLAMA2_7B)
@@ -312,7 +318,8 @@ def test_make_baseline_scale_to_params():
 
 
 @pytest.mark.parametrize(
-    "kind, value", [("experts", 1000), ("rank", 4000), ("params", 9_000_000), ("params", 15_000_000)]
+    "kind, value",
+    [("experts", 1000), ("rank", 4000), ("params", 9_000_000), ("params", 15_000_000)],
 )
 def test_random_fits_budget(kind, value):
     a = random_allocation(SMOLLM2, Budget(kind, value), seed=3)
@@ -348,8 +355,17 @@ def test_random_is_seeded_and_varied():
 def test_every_allocation_config_builds(tmp_path):
     files = sorted(CONF.glob("*.yaml"))
     names = {f.stem for f in files}
-    assert {"file", "lora", "uniform", "mola_2468", "mola_8642", "mola_5555", "mola_8888",
-            "alphalora", "random"} <= names
+    assert {
+        "file",
+        "lora",
+        "uniform",
+        "mola_2468",
+        "mola_8642",
+        "mola_5555",
+        "mola_8888",
+        "alphalora",
+        "random",
+    } <= names
     saved = make_baseline("uniform", SMOLLM2).save(tmp_path / "allocation.json")
     alphas = {layer: 2.0 + layer / 10 for layer in range(30)}
     for f in files:
@@ -377,8 +393,14 @@ def test_make_baseline_errors():
 
 
 def test_make_baseline_on_a_model():
-    config = LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
+    config = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     a = make_baseline("alphalora", model, total=5)

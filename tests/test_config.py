@@ -67,7 +67,9 @@ def test_allocations_instantiate(allocation, tiny, tmp_path):
 
 @pytest.mark.parametrize("budget", options("budget"))
 def test_budgets(budget):
-    cfg = compose_cfg("train", [f"budget={budget}", "budget.value=1000"] if budget != "none" else [])
+    cfg = compose_cfg(
+        "train", [f"budget={budget}", "budget.value=1000"] if budget != "none" else []
+    )
     b = build_budget(cfg)
     assert isinstance(b, Budget) and b.kind == budget
 
@@ -92,9 +94,13 @@ def test_trainers_compose(trainer, tmp_path):
     cfg = compose_cfg("train", [f"trainer={trainer}"], tmp_path)
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     if trainer in ("cpu", "ddp"):  # gpu / fsdp need an accelerator; DDP is checked on CPU
-        cpu = {"accelerator": "cpu", "devices": 2, "precision": "32-true"} if trainer == "ddp" else {}
+        cpu = (
+            {"accelerator": "cpu", "devices": 2, "precision": "32-true"} if trainer == "ddp" else {}
+        )
         t = hydra.utils.instantiate(cfg.trainer, **cpu)
-        assert type(t.strategy).__name__ == ("DDPStrategy" if trainer == "ddp" else "SingleDeviceStrategy")
+        assert type(t.strategy).__name__ == (
+            "DDPStrategy" if trainer == "ddp" else "SingleDeviceStrategy"
+        )
 
 
 @pytest.mark.parametrize("entry", ["train", "search"])

@@ -17,8 +17,13 @@ from guilomo.search.run import run_search
 def test_search_then_finetune_beats_zero_shot(tmp_path):
     search_cfg = compose_cfg(
         "search",
-        ["experiment=demo_search", "trainer.max_steps=6", "logger=none", "callbacks=none",
-         "trainer.enable_progress_bar=false"],
+        [
+            "experiment=demo_search",
+            "trainer.max_steps=6",
+            "logger=none",
+            "callbacks=none",
+            "trainer.enable_progress_bar=false",
+        ],
         tmp_path / "search",
     )
     path = run_search(search_cfg)
@@ -26,13 +31,22 @@ def test_search_then_finetune_beats_zero_shot(tmp_path):
     assert alloc.meta["backbone"] == "smollm2_135m" and len(alloc.modules) == 70
     train_cfg = compose_cfg(
         "train",
-        ["experiment=demo_train", "allocation=file", f"allocation.path={path}", "logger=none",
-         "callbacks=none", "trainer.enable_progress_bar=false"],
+        [
+            "experiment=demo_train",
+            "allocation=file",
+            f"allocation.path={path}",
+            "logger=none",
+            "callbacks=none",
+            "trainer.enable_progress_bar=false",
+        ],
         tmp_path / "train",
     )
     result = run_train(train_cfg)
     saved = json.loads((tmp_path / "train" / "metrics.json").read_text())
-    zero, tuned = saved["metrics"]["zero_shot"]["accuracy"], saved["metrics"]["finetuned"]["accuracy"]
+    zero, tuned = (
+        saved["metrics"]["zero_shot"]["accuracy"],
+        saved["metrics"]["finetuned"]["accuracy"],
+    )
     assert saved["metrics"]["finetuned"]["n"] == 120
     assert tuned > zero + 0.3, (zero, tuned)
     assert result["trainable_params"] == alloc.trainable_params(

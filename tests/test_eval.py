@@ -46,10 +46,17 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def model(tokenizer):
     config = LlamaConfig(
-        num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=512,
-        tie_word_embeddings=True, initializer_range=0.1,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=0.1,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
@@ -152,7 +159,9 @@ def reference(model, tokenizer):
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_option_scores_match_unbatched_reference(model, tokenizer, reference, padding_side, batch_size):
+def test_option_scores_match_unbatched_reference(
+    model, tokenizer, reference, padding_side, batch_size
+):
     scores = score_options(model, tokenizer, PROMPTS, OPTIONS, batch_size, padding_side)
     for i, opts in enumerate(OPTIONS):
         assert scores.logprobs[i] == pytest.approx(reference[i], abs=2e-4)
@@ -177,7 +186,9 @@ def test_shared_prompt_cache_matches_reference(model, tokenizer, reference, batc
 
 def test_shared_prompt_cache_with_truncation(model, tokenizer):
     plain = score_options(model, tokenizer, PROMPTS[2:], OPTIONS[2:], 2, max_length=12)
-    cached = score_options(model, tokenizer, PROMPTS[2:], OPTIONS[2:], 2, max_length=12, share_prompt=True)
+    cached = score_options(
+        model, tokenizer, PROMPTS[2:], OPTIONS[2:], 2, max_length=12, share_prompt=True
+    )
     # the cached path truncates the prompt once, for the longest option; the other
     # options then see the same (shortest) prompt: equal only where the option is longest
     longest = max(range(4), key=lambda j: cached.num_tokens[0][j])
@@ -192,11 +203,21 @@ def test_option_scores_without_logits_to_keep(model, tokenizer):
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None,
-                    past_key_values=None):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids, use_cache=use_cache,
-                              past_key_values=past_key_values)
+        def forward(
+            self,
+            input_ids,
+            attention_mask=None,
+            position_ids=None,
+            use_cache=None,
+            past_key_values=None,
+        ):
+            return self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=use_cache,
+                past_key_values=past_key_values,
+            )
 
     a = score_options(Plain(model), tokenizer, PROMPTS, OPTIONS, 3, "right")
     b = score_options(model, tokenizer, PROMPTS, OPTIONS, 3, "left")
@@ -318,36 +339,66 @@ def test_multiclass_accuracy_and_errors():
 def test_evaluate_loglik_matches_scores(model, tokenizer):
     golds = [" no", " 4", " C"]
     labels = [1, 0, 3]
-    res = evaluate(model, tokenizer, PROMPTS, golds, options=OPTIONS, labels=labels,
-                   mode="loglik", metrics=["accuracy"], batch_size=4, return_predictions=True)
+    res = evaluate(
+        model,
+        tokenizer,
+        PROMPTS,
+        golds,
+        options=OPTIONS,
+        labels=labels,
+        mode="loglik",
+        metrics=["accuracy"],
+        batch_size=4,
+        return_predictions=True,
+    )
     preds = score_options(model, tokenizer, PROMPTS, OPTIONS).predictions()
     assert res["predictions"] == preds and res["targets"] == labels
-    assert res["accuracy"] == pytest.approx(sum(p == t for p, t in zip(preds, labels, strict=True)) / 3)
+    assert res["accuracy"] == pytest.approx(
+        sum(p == t for p, t in zip(preds, labels, strict=True)) / 3
+    )
     assert res["n"] == 3 and res["invalid"] == 0 and res["mode"] == "loglik"
     # targets from the gold answers when labels are missing
-    res2 = evaluate(model, tokenizer, PROMPTS, golds, options=OPTIONS, mode="loglik",
-                    return_predictions=True)
+    res2 = evaluate(
+        model, tokenizer, PROMPTS, golds, options=OPTIONS, mode="loglik", return_predictions=True
+    )
     assert res2["targets"] == labels
 
 
 def test_evaluate_generate_reads_answers(monkeypatch):
-    canned = iter([
-        ["The answer is B.", "The answer is A because", "no idea", "The answer is C."],
-        ["acceptable.", "Unacceptable", "maybe", "acceptable"],
-        ["Thus #### 1,234", "The answer is 7.", "seven", "The answer is -2"],
-    ])
+    canned = iter(
+        [
+            ["The answer is B.", "The answer is A because", "no idea", "The answer is C."],
+            ["acceptable.", "Unacceptable", "maybe", "acceptable"],
+            ["Thus #### 1,234", "The answer is 7.", "seven", "The answer is -2"],
+        ]
+    )
     monkeypatch.setattr(evaluate_module, "generate", lambda *a, **k: next(canned))
     lettered = [f"The answer is {c}." for c in "ABCD"]
-    res = evaluate(None, None, ["p"] * 4, ["B", "B", "A", "C"], options=[lettered] * 4,
-                   labels=[1, 1, 0, 2], answer_pattern=LETTER, mode="generate",
-                   return_predictions=True)
+    res = evaluate(
+        None,
+        None,
+        ["p"] * 4,
+        ["B", "B", "A", "C"],
+        options=[lettered] * 4,
+        labels=[1, 1, 0, 2],
+        answer_pattern=LETTER,
+        mode="generate",
+        return_predictions=True,
+    )
     assert res["predictions"] == [1, 0, None, 2]
     assert res["accuracy"] == pytest.approx(2 / 4) and res["invalid"] == 1
 
     # CoLA-style: labels 0 = unacceptable, 1 = acceptable; MCC/F1 from the confusion matrix
-    res = evaluate(None, None, ["p"] * 4, ["acceptable", "unacceptable", "unacceptable", "unacceptable"],
-                   options=[["unacceptable", "acceptable"]] * 4, answer_pattern="first_word",
-                   metrics=["accuracy", "mcc", "f1"], return_predictions=True)
+    res = evaluate(
+        None,
+        None,
+        ["p"] * 4,
+        ["acceptable", "unacceptable", "unacceptable", "unacceptable"],
+        options=[["unacceptable", "acceptable"]] * 4,
+        answer_pattern="first_word",
+        metrics=["accuracy", "mcc", "f1"],
+        return_predictions=True,
+    )
     assert res["targets"] == [1, 0, 0, 0] and res["predictions"] == [1, 0, None, 1]
     # filled preds [1, 0, 1, 1]: tp 1, tn 1, fp 2, fn 0
     assert res["accuracy"] == pytest.approx(0.5)
@@ -355,17 +406,32 @@ def test_evaluate_generate_reads_answers(monkeypatch):
     assert res["mcc"] == pytest.approx((1 * 1 - 2 * 0) / math.sqrt(3 * 1 * 3 * 1))
 
     # free-form numbers (GSM8K)
-    res = evaluate(None, None, ["p"] * 4, ["1234", "7", "7", "2"], answer_pattern="number",
-                   return_predictions=True)
+    res = evaluate(
+        None,
+        None,
+        ["p"] * 4,
+        ["1234", "7", "7", "2"],
+        answer_pattern="number",
+        return_predictions=True,
+    )
     assert res["predictions"] == ["1234", "7", None, "-2"]
     assert res["accuracy"] == pytest.approx(2 / 4) and res["invalid"] == 1
 
 
 def test_evaluate_generate_end_to_end(model, tokenizer):
     lettered = [f"The answer is {c}." for c in "AB"]
-    res = evaluate(model, tokenizer, PROMPTS[:2], ["A", "B"], options=[lettered] * 2,
-                   labels=[0, 1], answer_pattern=LETTER, mode="generate", max_new_tokens=4,
-                   return_predictions=True)
+    res = evaluate(
+        model,
+        tokenizer,
+        PROMPTS[:2],
+        ["A", "B"],
+        options=[lettered] * 2,
+        labels=[0, 1],
+        answer_pattern=LETTER,
+        mode="generate",
+        max_new_tokens=4,
+        return_predictions=True,
+    )
     outputs = generate(model, tokenizer, PROMPTS[:2], max_new_tokens=4)
     assert res["outputs"] == outputs
     expected = [option_index(extract_answer(o, LETTER), ["a", "b"]) for o in outputs]

@@ -253,4 +253,3 @@ def layer_of(name: str) -> int:
         if part.isdigit():
             return int(part)
     return -1
-

@@ -117,18 +117,28 @@ def test_allocation_for_another_backbone_is_refused(tmp_path):
     alloc = Allocation.load(tmp_path / "a" / "allocation.json")
     alloc.meta["backbone"] = "smollm2_135m"
     alloc.save(tmp_path / "other.json")
-    cfg = compose_cfg("train", [*FAST, "allocation=file", f"allocation.path={tmp_path / 'other.json'}"], tmp_path / "b")
+    cfg = compose_cfg(
+        "train",
+        [*FAST, "allocation=file", f"allocation.path={tmp_path / 'other.json'}"],
+        tmp_path / "b",
+    )
     with pytest.raises(AllocationError, match="made for backbone 'smollm2_135m'"):
         run_train(cfg)
     (tmp_path / "corrupt.json").write_text('{"modules": {"model.layers.0')
-    cfg = compose_cfg("train", [*FAST, "allocation=file", f"allocation.path={tmp_path / 'corrupt.json'}"], tmp_path / "c")
+    cfg = compose_cfg(
+        "train",
+        [*FAST, "allocation=file", f"allocation.path={tmp_path / 'corrupt.json'}"],
+        tmp_path / "c",
+    )
     with pytest.raises(AllocationError, match="not valid JSON"):
         run_train(cfg)
 
 
 def test_budget_scales_baseline(tmp_path):
     cfg = compose_cfg(
-        "train", [*FAST, "allocation=uniform", "budget=rank", "budget.value=300", "trainer.max_steps=1"], tmp_path
+        "train",
+        [*FAST, "allocation=uniform", "budget=rank", "budget.value=300", "trainer.max_steps=1"],
+        tmp_path,
     )
     run_train(cfg)
     alloc = Allocation.load(tmp_path / "allocation.json")
@@ -145,8 +155,15 @@ def test_schedule_counts_epochs_when_max_steps_unset(tmp_path, monkeypatch):
     monkeypatch.setattr(fm, "warmup_linear", lambda w, t: seen.append((w, t)) or real(w, t))
     cfg = compose_cfg(
         "train",
-        [*FAST, "allocation=lora", "trainer.max_steps=-1", "trainer.max_epochs=2",
-         "task.datamodule.max_train_examples=12", "optim.warmup_steps=1", "eval.zero_shot=false"],
+        [
+            *FAST,
+            "allocation=lora",
+            "trainer.max_steps=-1",
+            "trainer.max_epochs=2",
+            "task.datamodule.max_train_examples=12",
+            "optim.warmup_steps=1",
+            "eval.zero_shot=false",
+        ],
         tmp_path,
     )
     result = run_train(cfg)

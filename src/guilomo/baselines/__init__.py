@@ -42,7 +42,15 @@ from guilomo.budget import Budget
 from guilomo.moe.inject import find_targets, module_shapes
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-KINDS = ("lora", "uniform", "mola", *(f"mola_{p}" for p in MOLA_PATTERNS), "alphalora", "random", "file")
+KINDS = (
+    "lora",
+    "uniform",
+    "mola",
+    *(f"mola_{p}" for p in MOLA_PATTERNS),
+    "alphalora",
+    "random",
+    "file",
+)
 
 __all__ = [
     "KINDS",
@@ -153,7 +161,9 @@ def make_baseline(
         alloc.check_modules(names)
         missing = sorted(set(names) - set(alloc.modules))
         if missing:
-            raise ValueError(f"the allocation file has no entry for {len(missing)} target(s), e.g. {missing[:3]}")
+            raise ValueError(
+                f"the allocation file has no entry for {len(missing)} target(s), e.g. {missing[:3]}"
+            )
     else:
         raise ValueError(f"unknown baseline '{kind}'; choose one of {list(KINDS)}")
 

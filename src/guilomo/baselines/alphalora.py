@@ -80,12 +80,16 @@ def _weights(modules: Mapping[str, nn.Module | Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def module_alphas(modules: Mapping[str, nn.Module | Tensor], k: int | None = None) -> dict[str, float]:
+def module_alphas(
+    modules: Mapping[str, nn.Module | Tensor], k: int | None = None
+) -> dict[str, float]:
     """PL_Alpha_Hill of every module's weight (``nn.Linear`` or a weight tensor)."""
     return {n: hill_alpha(esd(w), k) for n, w in _weights(modules).items()}
 
 
-def layer_alphas(modules: Mapping[str, nn.Module | Tensor], k: int | None = None) -> dict[int, float]:
+def layer_alphas(
+    modules: Mapping[str, nn.Module | Tensor], k: int | None = None
+) -> dict[int, float]:
     """Mean PL_Alpha_Hill over the target modules of every decoder layer."""
     per_module = module_alphas(modules, k)
     layers = layer_indices(per_module)

@@ -63,9 +63,7 @@ def apportion(weights: Sequence[float], total: int, minimum: int = 1) -> list[in
         free = [i for i in range(n) if not fixed[i]]
         rest = total - minimum * (n - len(free))
         wsum = sum(w[i] for i in free)
-        quota = {
-            i: (rest * w[i] / wsum if wsum > 0 else rest / len(free)) for i in free
-        }
+        quota = {i: (rest * w[i] / wsum if wsum > 0 else rest / len(free)) for i in free}
         low = [i for i in free if quota[i] < minimum]
         if not low:
             break
@@ -185,9 +183,7 @@ def scale_to_budget(
         s = target / max(before, 1)
         vals = _fit(base, s, cost, 0, target, "expert counts")
         modules = {
-            n: ModuleAllocation(
-                _cycled(m.ranks, v), None if m.top_k is None else min(m.top_k, v)
-            )
+            n: ModuleAllocation(_cycled(m.ranks, v), None if m.top_k is None else min(m.top_k, v))
             for n, m, v in zip(names, mods, vals, strict=True)
         }
     meta = dict(allocation.meta)

@@ -132,7 +132,9 @@ def random_allocation(
         )
     rng = _random.Random(seed)
     names = list(shapes)
-    ranks = {n: [rng.randint(r_min, r_max) for _ in range(rng.randint(n_min, n_max))] for n in names}
+    ranks = {
+        n: [rng.randint(r_min, r_max) for _ in range(rng.randint(n_min, n_max))] for n in names
+    }
 
     if budget is not None and budget.active:
         _fit_random(ranks, shapes, budget, rng, n_min, n_max, r_min, r_max)

@@ -1,7 +1,7 @@
 """Evaluation in the paper's style: greedy generation + answer regex, or option log-likelihood.
 
-    from guilomo.eval import evaluate
-    evaluate(model, tokenizer, prompts, golds, options=..., mode="loglik", metrics=["accuracy"])
+from guilomo.eval import evaluate
+evaluate(model, tokenizer, prompts, golds, options=..., mode="loglik", metrics=["accuracy"])
 """
 
 from guilomo.eval.answer import (

@@ -38,7 +38,9 @@ def _target(i: int, gold, options: Sequence[str], labels, answer_pattern: str) -
     if idx is None:
         idx = option_index(gold, option_keys(list(options), answer_pattern), letters=True)
     if idx is None:
-        raise ValueError(f"example {i}: gold answer {gold!r} is none of its options {list(options)}")
+        raise ValueError(
+            f"example {i}: gold answer {gold!r} is none of its options {list(options)}"
+        )
     return idx
 
 
@@ -87,7 +89,12 @@ def evaluate(
     outputs: list[str] | None = None
     if mode == "generate":
         outputs = generate(
-            model, tokenizer, prompts, max_new_tokens, batch_size, stop=stop,
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens,
+            batch_size,
+            stop=stop,
             max_prompt_tokens=max_length,
         )
 
@@ -102,24 +109,40 @@ def evaluate(
         shown = answers
     else:
         options = [list(o) for o in options]
-        targets = [_target(i, g, o, labels, answer_pattern) for i, (g, o) in enumerate(zip(golds, options, strict=True))]
+        targets = [
+            _target(i, g, o, labels, answer_pattern)
+            for i, (g, o) in enumerate(zip(golds, options, strict=True))
+        ]
         if mode == "loglik":
             scores = score_options(
-                model, tokenizer, prompts, options, batch_size, padding_side, max_length,
+                model,
+                tokenizer,
+                prompts,
+                options,
+                batch_size,
+                padding_side,
+                max_length,
                 share_prompt=share_prompt,
             )
             preds = scores.predictions(normalize_scores)
         else:
             letters = answer_pattern == "choice"
             preds = [
-                option_index(extract_answer(out, answer_pattern), option_keys(o, answer_pattern), letters)
+                option_index(
+                    extract_answer(out, answer_pattern), option_keys(o, answer_pattern), letters
+                )
                 for out, o in zip(outputs, options, strict=True)
             ]
         num_classes = max(2, max(len(o) for o in options)) if options else 2
         tracker = Metrics(metrics, num_classes=num_classes, positive=positive)
         shown = preds
     tracker.update(preds, targets)
-    result: dict = {**tracker.compute(), "n": len(prompts), "invalid": tracker.invalid, "mode": mode}
+    result: dict = {
+        **tracker.compute(),
+        "n": len(prompts),
+        "invalid": tracker.invalid,
+        "mode": mode,
+    }
     if return_predictions:
         result["predictions"] = shown
         result["targets"] = golds if options is None else targets

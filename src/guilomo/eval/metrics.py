@@ -29,7 +29,9 @@ METRICS = ("accuracy", "mcc", "f1")
 class Metrics:
     """Streaming metrics over batches of ``(predictions, targets)``."""
 
-    def __init__(self, names: Sequence[str] = ("accuracy",), num_classes: int = 2, positive: int = 1):
+    def __init__(
+        self, names: Sequence[str] = ("accuracy",), num_classes: int = 2, positive: int = 1
+    ):
         names = list(dict.fromkeys(names))
         unknown = [n for n in names if n not in METRICS]
         if unknown:

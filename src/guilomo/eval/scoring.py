@@ -54,10 +54,14 @@ class OptionScores:
 
     def predictions(self, normalize: str = "none") -> list[int]:
         """Index of the best option of every example (first one on ties)."""
-        return [max(range(len(s)), key=lambda j, s=s: (s[j], -j)) for s in self.normalized(normalize)]
+        return [
+            max(range(len(s)), key=lambda j, s=s: (s[j], -j)) for s in self.normalized(normalize)
+        ]
 
 
-def encode_pair(tokenizer, prompt: str, option: str, max_length: int | None = None) -> tuple[list[int], int]:
+def encode_pair(
+    tokenizer, prompt: str, option: str, max_length: int | None = None
+) -> tuple[list[int], int]:
     """``(ids, n_option)``: prompt ids (left-truncated to fit ``max_length``) + option ids."""
     p = list(tokenizer(prompt)["input_ids"])
     o = list(tokenizer(option, add_special_tokens=False)["input_ids"])
@@ -66,7 +70,9 @@ def encode_pair(tokenizer, prompt: str, option: str, max_length: int | None = No
     if max_length is not None and len(p) + len(o) > max_length:
         keep = max_length - len(o)
         if keep < 1:
-            raise ValueError(f"option {option!r} ({len(o)} tokens) does not fit max_length={max_length}")
+            raise ValueError(
+                f"option {option!r} ({len(o)} tokens) does not fit max_length={max_length}"
+            )
         p = p[len(p) - keep :]
     if not p:
         raise ValueError("an empty prompt has no token to predict the first option token from")

@@ -31,7 +31,9 @@ def evaluate_datamodule(model, tokenizer, dm, eval_cfg) -> dict:
             tokenizer,
             prompts=[dm.prompt_text(ex) for ex in examples],
             golds=[ex.answer for ex in examples],
-            options=[[o + eos for o in ex.options] for ex in examples] if spec.multiple_choice else None,
+            options=[[o + eos for o in ex.options] for ex in examples]
+            if spec.multiple_choice
+            else None,
             labels=[ex.label for ex in examples] if spec.multiple_choice else None,
             answer_pattern=spec.answer_pattern,
             mode=mode,

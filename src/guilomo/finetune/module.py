@@ -67,8 +67,14 @@ class FinetuneModule(L.LightningModule):
             self.log("train/aux_loss", aux, on_step=True, on_epoch=False)
             loss = loss + self.aux_coef * aux
         bs = batch["input_ids"].shape[0]
-        self.log(f"{stage}/lm_loss", lm, prog_bar=True, batch_size=bs,
-                 on_step=stage == "train", on_epoch=stage != "train")
+        self.log(
+            f"{stage}/lm_loss",
+            lm,
+            prog_bar=True,
+            batch_size=bs,
+            on_step=stage == "train",
+            on_epoch=stage != "train",
+        )
         return loss
 
     def on_fit_start(self) -> None:

@@ -51,8 +51,12 @@ def resolve_allocation(cfg: DictConfig, targets: dict, num_layers: int) -> Alloc
     if budget.active and kind != "random":
         alloc = scale_to_budget(alloc, budget, shapes)
     alloc.meta.update(
-        backbone=cfg.backbone.id, num_layers=num_layers, task=cfg.task.id, source=f"baseline:{kind}",
-        budget=budget.to_dict(), trainable_params=alloc.trainable_params(shapes),
+        backbone=cfg.backbone.id,
+        num_layers=num_layers,
+        task=cfg.task.id,
+        source=f"baseline:{kind}",
+        budget=budget.to_dict(),
+        trainable_params=alloc.trainable_params(shapes),
     )
     return alloc
 
@@ -98,8 +102,11 @@ def run_train(cfg: DictConfig) -> dict:
         "task": cfg.task.id,
         "backbone": cfg.backbone.id,
         "num_layers": num_layers,
-        "allocation": {"kind": cfg.allocation.kind, "source": alloc.meta.get("source", cfg.allocation.kind),
-                       "summary": alloc.summary()},
+        "allocation": {
+            "kind": cfg.allocation.kind,
+            "source": alloc.meta.get("source", cfg.allocation.kind),
+            "summary": alloc.summary(),
+        },
         "trainable_params": n_params,
         "seed": cfg.seed,
         "steps": trainer.global_step,
@@ -115,8 +122,14 @@ def format_table(result: dict) -> str:
     """A small text table: zero-shot vs fine-tuned metrics and trainable parameters."""
     m = result["metrics"]
     skip = {"n", "invalid"}
-    names = sorted({k for part in m.values() for k, v in part.items()
-                    if isinstance(v, float) and k not in skip})
+    names = sorted(
+        {
+            k
+            for part in m.values()
+            for k, v in part.items()
+            if isinstance(v, float) and k not in skip
+        }
+    )
     rows = [f"{'':12s}" + "".join(f"{n:>14s}" for n in names) + f"{'trainable':>14s}"]
     for stage, vals in m.items():
         params = result["trainable_params"] if stage == "finetuned" else 0

@@ -50,7 +50,9 @@ def find_targets(
         and (layer_set is None or layer_of(name) in layer_set)
     }
     if not found:
-        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        linear = sorted(
+            {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
         raise AllocationError(
             f"no linear module matches target_modules={target_modules!r} (layers={layers}); "
             f"this model's linear layer names are {linear}"

@@ -54,7 +54,9 @@ def save_adapter(
     _check_matches(model, allocation)
     path.mkdir(parents=True, exist_ok=True)
     tensors = adapter_state_dict(model)
-    atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    atomic_write(
+        path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT})
+    )
     meta = {
         "format": FORMAT,
         "base_model": base_model or allocation.meta.get("backbone"),
@@ -89,7 +91,9 @@ def read_adapter_config(path: str | Path) -> tuple[Allocation, LoraMoEConfig, di
     path = Path(path)
     cfg_file = path / CONFIG_FILE
     if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file} not found: pass the folder written by save_adapter / train.py")
+        raise FileNotFoundError(
+            f"{cfg_file} not found: pass the folder written by save_adapter / train.py"
+        )
     try:
         meta = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
@@ -130,11 +134,15 @@ def expected_shapes(model: nn.Module, allocation: Allocation) -> dict[str, tuple
 def read_adapter_weights(path: str | Path) -> dict[str, torch.Tensor]:
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: pass the folder written by save_adapter / train.py")
+        raise FileNotFoundError(
+            f"{weights} not found: pass the folder written by save_adapter / train.py"
+        )
     try:
         return load_file(str(weights))
     except SafetensorError as e:
-        raise AllocationError(f"{weights} is corrupt or truncated ({e}); re-save the adapter") from e
+        raise AllocationError(
+            f"{weights} is corrupt or truncated ({e}); re-save the adapter"
+        ) from e
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
@@ -164,7 +172,11 @@ def check_tensors(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch
         bad = [f"{k} {tuple(tensors[k].shape)} (model needs {expected[k]})" for k in bad]
         detail = "; ".join(
             f"{label}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad))
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape", bad),
+            )
             if keys
         )
         raise AllocationError(

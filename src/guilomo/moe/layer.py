@@ -90,12 +90,18 @@ class LoraMoELinear(nn.Module):
         self.lora_B = nn.Parameter(torch.empty(d_out, R, dtype=dtype, device=device))
         n = len(ranks)
         self.router = (
-            nn.Parameter(torch.empty(n, d_in, dtype=torch.float32, device=device)) if n > 1 else None
+            nn.Parameter(torch.empty(n, d_in, dtype=torch.float32, device=device))
+            if n > 1
+            else None
         )
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         expert_of_rank = torch.repeat_interleave(torch.arange(n), torch.tensor(ranks))
-        scale = [config.alpha / (ranks[-1] if config.scaling == "last_expert" else r) for r in ranks]
-        rank_scale = torch.repeat_interleave(torch.tensor(scale, dtype=torch.float32), torch.tensor(ranks))
+        scale = [
+            config.alpha / (ranks[-1] if config.scaling == "last_expert" else r) for r in ranks
+        ]
+        rank_scale = torch.repeat_interleave(
+            torch.tensor(scale, dtype=torch.float32), torch.tensor(ranks)
+        )
         self.register_buffer("expert_of_rank", expert_of_rank.to(device), persistent=False)
         self.register_buffer("rank_scale", rank_scale.to(device), persistent=False)
         self.aux: Tensor | None = None
@@ -163,19 +169,25 @@ class LoraMoELinear(nn.Module):
         scale = self.rank_scale if rank_gate is None else self.rank_scale * rank_gate
         self.aux = None
         if self.training and self.router is not None:
-            self.aux = self.balance_loss(probs, top_i, self.context.flat_mask(x2.shape[0], x.device))
+            self.aux = self.balance_loss(
+                probs, top_i, self.context.flat_mask(x2.shape[0], x.device)
+            )
         if self.config.impl == "loop":
             delta = self._delta_loop(x2, top_i, top_w, scale)
             return y + delta.reshape(y.shape).to(y.dtype)
         return self._add_masked(y, x2, top_i, top_w, scale)
 
-    def _add_masked(self, y: Tensor, x2: Tensor, top_i: Tensor, top_w: Tensor, scale: Tensor) -> Tensor:
+    def _add_masked(
+        self, y: Tensor, x2: Tensor, top_i: Tensor, top_w: Tensor, scale: Tensor
+    ) -> Tensor:
         """``y + ((drop(x) A^T) * gate_R) B^T``, the final add fused into the second GEMM."""
         gate = top_w.new_zeros(x2.shape[0], self.num_experts).scatter(1, top_i, top_w)
         gate_r = gate.index_select(1, self.expert_of_rank) * scale  # T x R, fp32
         h = self.dropout(x2) @ self.lora_A.t()
         y2 = y.reshape(-1, y.shape[-1])
-        return torch.addmm(y2, h * gate_r.to(h.dtype), self.lora_B.t().to(y2.dtype)).reshape(y.shape)
+        return torch.addmm(y2, h * gate_r.to(h.dtype), self.lora_B.t().to(y2.dtype)).reshape(
+            y.shape
+        )
 
     def _delta_loop(self, x2: Tensor, top_i: Tensor, top_w: Tensor, scale: Tensor) -> Tensor:
         out = x2.new_zeros(x2.shape[0], self.lora_B.shape[0])
