@@ -307,9 +307,9 @@ def test_scale_up_and_errors():
         scale_to_budget(lora, Budget("experts", 300), SMOLLM2, mode="rank")
 
 
-def test_make_baseline_scale_to_params():
+def test_make_baseline_scaled_to_a_params_budget():
     target = 5_000_000
-    a = make_baseline("mola_2468", SMOLLM2, scale_to_params=target)
+    a = make_baseline("mola_2468", SMOLLM2, budget={"kind": "params", "value": target})
     assert 0 <= target - a.trainable_params(SMOLLM2) < 768
     assert a.meta["scaled"]["budget"] == {"kind": "params", "value": target}
 
@@ -366,14 +366,15 @@ def test_every_allocation_config_builds(tmp_path):
         "alphalora",
         "random",
     } <= names
-    saved = make_baseline("uniform", SMOLLM2).save(tmp_path / "allocation.json")
+    saved = make_baseline("uniform", SMOLLM2, experts=4).save(tmp_path / "allocation.json")
     alphas = {layer: 2.0 + layer / 10 for layer in range(30)}
     for f in files:
         spec = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
         kind = spec.pop("kind")
-        assert "scale_to_params" in spec and spec["scale_to_params"] is None, f.name
+        # one way to size a baseline: the run's `budget`, never an option of its own
+        assert not {"scale_to_params", "budget_kind", "budget_value"} & set(spec), f.name
         if kind == "file":
-            assert spec["path"] == "???"
+            assert spec["path"] == "${searched}"
             spec["path"] = str(saved)
         if kind == "alphalora":
             spec["alphas"] = alphas

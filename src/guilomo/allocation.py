@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,13 @@ FORMAT = "guilomo.allocation/1"
 
 class AllocationError(ValueError):
     """An allocation that is malformed or does not fit the model it is used with."""
+
+
+def module_params(ranks: Sequence[int], d_in: int, d_out: int, router: bool = True) -> int:
+    """Trainable parameters of one module whose experts have ``ranks``: A (r x d_in) and
+    B (d_out x r) per expert, plus the router (N x d_in) when there is more than one expert."""
+    lora = sum(ranks) * (d_in + d_out)
+    return lora + (len(ranks) * d_in if router and len(ranks) > 1 else 0)
 
 
 @dataclass(frozen=True)
@@ -65,9 +72,8 @@ class ModuleAllocation:
         return sum(self.ranks)
 
     def params(self, d_in: int, d_out: int, router: bool = True) -> int:
-        """Trainable parameters: A (r x d_in) and B (d_out x r) per expert, plus the router."""
-        lora = self.total_rank * (d_in + d_out)
-        return lora + (self.experts * d_in if router and self.experts > 1 else 0)
+        """Trainable parameters of this module (see :func:`module_params`)."""
+        return module_params(self.ranks, d_in, d_out, router)
 
 
 @dataclass
@@ -191,6 +197,11 @@ class Allocation:
         except AllocationError as e:
             raise AllocationError(f"{path}: {e}") from e
 
+    @property
+    def method(self) -> str:
+        """The exact name of the method that made it (:func:`method_name` of ``meta``)."""
+        return method_name(self.meta)
+
     def summary(self) -> str:
         n = len(self.modules)
         return (
@@ -253,3 +264,24 @@ def layer_of(name: str) -> int:
         if part.isdigit():
             return int(part)
     return -1
+
+
+def method_name(meta: Mapping) -> str:
+    """The exact name of the method that made an allocation, from its ``meta``.
+
+    ``guilomo`` for a searched allocation, ``mola_<pattern>`` for MoLA (``mola_2468``;
+    counts above 9 are joined by dashes, ``mola_2-4-12``), else the baseline kind
+    (``lora``, ``uniform``, ``alphalora``, ``random``); a recorded ``meta.method`` wins.
+    """
+    if meta.get("method"):
+        return str(meta["method"])
+    source = str(meta.get("source", ""))
+    if source == "guilomo-search":
+        return "guilomo"
+    kind = (meta.get("baseline") or {}).get("kind") or source.removeprefix("baseline:")
+    if kind.startswith("mola"):
+        pattern = meta.get("pattern")
+        if pattern:
+            sep = "" if all(0 <= int(p) <= 9 for p in pattern) else "-"
+            return "mola_" + sep.join(str(int(p)) for p in pattern)
+    return kind or "unknown"

@@ -39,9 +39,9 @@ def build_lora_config(cfg: DictConfig) -> LoraMoEConfig:
     return LoraMoEConfig(**_plain(cfg.adapter))
 
 
-def build_budget(cfg: DictConfig) -> Budget:
-    b = cfg.get("budget") or {}
-    return Budget(kind=b.get("kind", "none"), value=b.get("value"))
+def build_budget(cfg: DictConfig, shapes=None) -> Budget:
+    """``cfg.budget`` as a :class:`Budget` (``budget=match`` measured on ``shapes``)."""
+    return Budget.from_config(_plain(cfg.get("budget")), shapes)
 
 
 def build_trainer(cfg: DictConfig, **overrides):

@@ -37,6 +37,8 @@ def test_train_writes_metrics_adapter_allocation(tmp_path):
     alloc = Allocation.load(tmp_path / "allocation.json")
     assert alloc.meta["backbone"] == "tiny_llama" and alloc.meta["source"] == "baseline:mola"
     assert saved["trainable_params"] == alloc.meta["trainable_params"]
+    assert saved["method"] == "mola_2468" and saved["search"] is None
+    assert saved["budget"] == {"kind": "none", "value": None, "spent": saved["trainable_params"]}
     # MoLA 2-4-6-8 on 2 layers: blocks [0] and [1] of a 4-block pattern
     counts = {n: m.experts for n, m in alloc.modules.items()}
     assert {counts[n] for n in counts if ".0." in n} == {2}
@@ -140,10 +142,12 @@ def test_budget_scales_baseline(tmp_path):
         [*FAST, "allocation=uniform", "budget=rank", "budget.value=300", "trainer.max_steps=1"],
         tmp_path,
     )
-    run_train(cfg)
+    result = run_train(cfg)
     alloc = Allocation.load(tmp_path / "allocation.json")
     assert 300 - 14 < alloc.total_rank <= 300  # within one rank per module of the target
     assert {m.experts for m in alloc.modules.values()} == {8}
+    assert result["method"] == "uniform"
+    assert result["budget"] == {"kind": "rank", "value": 300, "spent": alloc.total_rank}
 
 
 def test_schedule_counts_epochs_when_max_steps_unset(tmp_path, monkeypatch):

@@ -7,17 +7,19 @@
     mola        MoLA depth pattern ``pattern`` ([2, 4, 6, 8]) of rank ``rank`` (8), top-2;
                 ``mola_2468``, ``mola_8642``, ``mola_5555``, ``mola_8888`` name the patterns
     alphalora   counts per layer from the weights' spectra (``total``, ``beta`` 2.5, ``rank`` 8)
-    random      random counts/ranks fitted to a budget (``budget_kind``/``budget_value``,
-                else the ``budget`` argument; ``random_seed``, else ``seed``)
+    random      random counts/ranks fitted to the budget (``random_seed``, else ``seed``)
     file        ``Allocation.load(path)``, checked against the targets
 
 ``model_or_targets`` is a model (targets found with ``target_modules`` and
 ``layers``), ``{name: nn.Linear}`` (from :func:`~guilomo.moe.find_targets`), or
 ``{name: (d_in, d_out)}`` shapes (enough for every kind but ``alphalora``, which
-needs the weights unless ``alphas`` is given). Every kind accepts ``seed`` and
-``budget`` (used only by ``random``), ``num_layers`` (the backbone depth, for
-depth-dependent kinds) and ``scale_to_params`` / ``scale_to`` (scale the result
-with :func:`scale_to_budget`; ``scale_mode`` "rank" or "experts").
+needs the weights unless ``alphas`` is given). Every kind accepts ``seed``,
+``num_layers`` (the backbone depth, for depth-dependent kinds) and ``budget`` (a
+:class:`~guilomo.budget.Budget` or its config mapping, the one way to size a
+baseline): ``random`` is drawn to fit it, a ``file`` must fit it, and every other
+kind is scaled to it with :func:`scale_to_budget` (``scale_mode`` "rank" or
+"experts"). ``allocation.meta["method"]`` names the result exactly (see
+:func:`method_name`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
-from guilomo.allocation import Allocation
+from guilomo.allocation import Allocation, method_name
 from guilomo.baselines.alphalora import alpha_counts, alphalora, esd, hill_alpha, layer_alphas
 from guilomo.baselines.scale import apportion, scale_to_budget
 from guilomo.baselines.simple import (
@@ -98,12 +100,6 @@ def resolve_targets(
     return targets, shapes, None
 
 
-def _budget(b) -> Budget | None:
-    if b is None or isinstance(b, Budget):
-        return b
-    return Budget(kind=b.get("kind", "none"), value=b.get("value"))
-
-
 def _call(fn, kind: str, *args, **kw):
     params = inspect.signature(fn).parameters
     unknown = sorted(set(kw) - set(params))
@@ -122,13 +118,12 @@ def make_baseline(
     num_layers: int | None = None,
     target_modules: Sequence[str] | str = LLAMA_TARGETS,
     layers: Sequence[int] | None = None,
-    scale_to_params: int | None = None,
-    scale_to: Budget | Mapping | None = None,
     scale_mode: str | None = None,
     **kw,
 ) -> Allocation:
     """The baseline allocation ``kind`` over the targets (see the module docstring)."""
     targets, shapes, model_depth = resolve_targets(model_or_targets, target_modules, layers)
+    budget = Budget.from_config(budget, shapes)
     num_layers = num_layers or model_depth
     names = list(shapes)
     options = {k: v for k, v in kw.items()}
@@ -146,12 +141,9 @@ def make_baseline(
     elif kind == "alphalora":
         alloc = _call(alphalora, kind, targets, **options)
     elif kind == "random":
-        b_kind = options.pop("budget_kind", None)
-        b_value = options.pop("budget_value", None)
         own_seed = options.pop("random_seed", None)
-        b = Budget(b_kind, b_value) if b_kind is not None else _budget(budget)
         s = own_seed if own_seed is not None else (seed if seed is not None else 0)
-        alloc = _call(random_allocation, kind, shapes, budget=b, seed=int(s), **options)
+        alloc = _call(random_allocation, kind, shapes, budget=budget, seed=int(s), **options)
     elif kind == "file":
         if "path" not in options:
             raise TypeError("baseline 'file' needs path=<allocation.json>")
@@ -164,18 +156,17 @@ def make_baseline(
             raise ValueError(
                 f"the allocation file has no entry for {len(missing)} target(s), e.g. {missing[:3]}"
             )
+        budget.check(alloc, shapes)
     else:
         raise ValueError(f"unknown baseline '{kind}'; choose one of {list(KINDS)}")
 
     if kind != "file":
         alloc.meta["baseline"] = {"kind": kind, **{k: _plain(v) for k, v in options.items()}}
+        if kind != "random" and budget.active:
+            alloc = scale_to_budget(alloc, budget, shapes, mode=scale_mode)
     if num_layers is not None:
         alloc.meta.setdefault("num_layers", int(num_layers))
-    if scale_to_params is not None:
-        scale_to = Budget("params", int(scale_to_params))
-    scale_to = _budget(scale_to)
-    if scale_to is not None and scale_to.active:
-        alloc = scale_to_budget(alloc, scale_to, shapes, mode=scale_mode)
+    alloc.meta["method"] = method_name(alloc.meta)
     return alloc
 
 

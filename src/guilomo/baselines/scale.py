@@ -123,14 +123,6 @@ def _cycled(ranks: Sequence[int], n: int) -> tuple[int, ...]:
     return tuple(ranks[i % len(ranks)] for i in range(n))
 
 
-def _module_cost(kind: str, d_in: int, d_out: int) -> Callable[[ModuleAllocation], int]:
-    if kind == "experts":
-        return lambda m: m.experts
-    if kind == "rank":
-        return lambda m: m.total_rank
-    return lambda m: m.params(d_in, d_out)
-
-
 def scale_to_budget(
     allocation: Allocation,
     budget: Budget | Mapping,
@@ -145,8 +137,7 @@ def scale_to_budget(
     allocation unchanged. Returns a new :class:`Allocation` whose ``meta`` records the
     scaling.
     """
-    if not isinstance(budget, Budget):
-        budget = Budget(kind=budget.get("kind", "none"), value=budget.get("value"))
+    budget = Budget.from_config(budget, shapes)
     if not budget.active:
         return allocation
     mode = mode or ("experts" if budget.kind == "experts" else "rank")
@@ -162,7 +153,8 @@ def scale_to_budget(
     if mode == "rank":
         units = [(n, i) for n in names for i in range(allocation.modules[n].experts)]
         base = [allocation.modules[n].ranks[i] for n, i in units]
-        unit_cost = [1 if budget.kind == "rank" else sum(shapes[n]) for n, _ in units]
+        # what one more rank of an expert costs (1, or d_in + d_out parameters)
+        unit_cost = [budget.cost((2,), shapes[n]) - budget.cost((1,), shapes[n]) for n, _ in units]
         fixed = before - sum(c * r for c, r in zip(unit_cost, base, strict=True))
         s = (target - fixed) / max(before - fixed, 1)
         vals = _fit(base, s, lambda u, v: unit_cost[u] * v, fixed, target, "ranks")
@@ -174,10 +166,9 @@ def scale_to_budget(
         }
     else:
         mods = [allocation.modules[n] for n in names]
-        costs = [_module_cost(budget.kind, *shapes[n]) for n in names]
 
         def cost(u: int, v: int) -> int:
-            return costs[u](ModuleAllocation(_cycled(mods[u].ranks, v)))
+            return budget.cost(_cycled(mods[u].ranks, v), shapes[names[u]])
 
         base = [m.experts for m in mods]
         s = target / max(before, 1)

@@ -124,8 +124,7 @@ def random_allocation(
     An unreachable target (outside what ``n_min..n_max`` x ``r_min..r_max`` allows)
     raises :class:`~guilomo.budget.BudgetError`.
     """
-    if budget is not None and not isinstance(budget, Budget):
-        budget = Budget(kind=budget.get("kind", "none"), value=budget.get("value"))
+    budget = Budget.from_config(budget, shapes)
     if not (1 <= n_min <= n_max and 1 <= r_min <= r_max):
         raise ValueError(
             f"need 1 <= n_min <= n_max and 1 <= r_min <= r_max, got {n_min}..{n_max}, {r_min}..{r_max}"
@@ -136,13 +135,13 @@ def random_allocation(
         n: [rng.randint(r_min, r_max) for _ in range(rng.randint(n_min, n_max))] for n in names
     }
 
-    if budget is not None and budget.active:
+    if budget.active:
         _fit_random(ranks, shapes, budget, rng, n_min, n_max, r_min, r_max)
     meta = {
         "source": "baseline:random",
         "seed": seed,
         "ranges": {"experts": [n_min, n_max], "rank": [r_min, r_max]},
-        "budget": budget.to_dict() if budget is not None else None,
+        "budget": budget.to_dict() if budget.active else None,
     }
     return Allocation({n: ModuleAllocation(tuple(ranks[n])) for n in names}, top_k, meta)
 
@@ -162,11 +161,7 @@ def _fit_random(
     names = list(ranks)
 
     def cost(n: str, rs: list[int]) -> int:
-        if kind == "experts":
-            return len(rs)
-        if kind == "rank":
-            return sum(rs)
-        return ModuleAllocation(tuple(rs)).params(*shapes[n])
+        return budget.cost(rs, shapes[n])
 
     def shrunk(n: str) -> list[list[int]]:
         rs = ranks[n]

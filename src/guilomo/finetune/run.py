@@ -15,8 +15,8 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from guilomo.allocation import Allocation
-from guilomo.baselines import make_baseline, scale_to_budget
+from guilomo.allocation import Allocation, AllocationError
+from guilomo.baselines import make_baseline
 from guilomo.finetune.evaluation import evaluate_datamodule
 from guilomo.finetune.module import FinetuneModule
 from guilomo.moe import inject_adapter, module_shapes, save_adapter, trainable_parameters
@@ -35,12 +35,18 @@ log = logging.getLogger(__name__)
 
 
 def resolve_allocation(cfg: DictConfig, targets: dict, num_layers: int) -> Allocation:
-    """The allocation named by ``cfg.allocation``: a file, or a baseline for these targets."""
+    """The allocation named by ``cfg.allocation``: a file, or a baseline for these targets,
+    sized by ``cfg.budget`` (a file must fit it, a baseline is drawn or scaled to it)."""
     spec = OmegaConf.to_container(cfg.allocation, resolve=True)
     kind = spec.pop("kind")
     shapes = module_shapes(targets)
-    budget = build_budget(cfg)
+    budget = build_budget(cfg, shapes)
     if kind == "file":
+        if spec.get("path") is None:
+            raise AllocationError(
+                "allocation=file needs the file: allocation.path=<allocation.json> "
+                "(or searched=<allocation.json>, which budget=match reads too)"
+            )
         alloc = Allocation.load(spec["path"])
         alloc.check_backbone(cfg.backbone.id, num_layers)
         alloc.check_modules(targets)
@@ -48,8 +54,6 @@ def resolve_allocation(cfg: DictConfig, targets: dict, num_layers: int) -> Alloc
         return alloc
     spec["num_layers"] = spec.get("num_layers") or num_layers
     alloc = make_baseline(kind, targets, seed=cfg.seed, budget=budget, **spec)
-    if budget.active and kind != "random":
-        alloc = scale_to_budget(alloc, budget, shapes)
     alloc.meta.update(
         backbone=cfg.backbone.id,
         num_layers=num_layers,
@@ -59,6 +63,26 @@ def resolve_allocation(cfg: DictConfig, targets: dict, num_layers: int) -> Alloc
         trainable_params=alloc.trainable_params(shapes),
     )
     return alloc
+
+
+def budget_record(cfg: DictConfig, alloc: Allocation, shapes: dict) -> dict:
+    """``{kind, value, spent[, matched]}`` of the run's budget; ``spent`` is what the
+    allocation spends in the budget's unit (trainable parameters when there is none)."""
+    budget = build_budget(cfg, shapes)
+    return {**budget.to_dict(), "spent": budget.measure(alloc, shapes)}
+
+
+def search_record(alloc: Allocation, path: str | None) -> dict | None:
+    """For a searched allocation: its file, search time, steps and full ``meta``."""
+    if alloc.method != "guilomo":
+        return None
+    meta = alloc.meta
+    return {
+        "path": path,
+        "seconds": meta.get("search_seconds"),
+        "steps": meta.get("steps"),
+        "meta": meta,
+    }
 
 
 def run_train(cfg: DictConfig) -> dict:
@@ -98,7 +122,9 @@ def run_train(cfg: DictConfig) -> dict:
     metrics["finetuned"] = evaluate_datamodule(model, tokenizer, dm, cfg.eval)
     if cfg.save_adapter:
         save_adapter(model, out / "adapter", alloc, lora_cfg, base_model=cfg.backbone.id)
+    shapes = module_shapes(targets)
     result = {
+        "method": alloc.method,
         "task": cfg.task.id,
         "backbone": cfg.backbone.id,
         "num_layers": num_layers,
@@ -108,6 +134,8 @@ def run_train(cfg: DictConfig) -> dict:
             "summary": alloc.summary(),
         },
         "trainable_params": n_params,
+        "budget": budget_record(cfg, alloc, shapes),
+        "search": search_record(alloc, cfg.allocation.get("path")),
         "seed": cfg.seed,
         "steps": trainer.global_step,
         "metrics": metrics,

@@ -96,14 +96,6 @@ def minimum_allocation(
     )
 
 
-def _module_cost(kind: str, ranks: Sequence[int], shape: tuple[int, int]) -> int:
-    if kind == "experts":
-        return len(ranks)
-    if kind == "rank":
-        return sum(ranks)
-    return ModuleAllocation(tuple(ranks)).params(*shape)
-
-
 @dataclass
 class FitReport:
     """What budget fitting removed, in removal order."""
@@ -144,9 +136,9 @@ def fit_budget(
     names = list(allocation.modules)
     budget.check_minimum(minimum_allocation(names, min_experts, allocation.top_k), shapes)
     groups = {n: [n] for n in names} if groups is None else {k: list(v) for k, v in groups.items()}
-    kind = budget.kind
+    cost = budget.cost
     ranks = {n: list(m.ranks) for n, m in allocation.modules.items()}
-    total = sum(_module_cost(kind, ranks[n], shapes[n]) for n in names)
+    total = sum(cost(ranks[n], shapes[n]) for n in names)
     order = {n: i for i, n in enumerate(names)}
     group_of = {n: key for key, mods in groups.items() for n in mods}
     heap: list = []
@@ -155,16 +147,10 @@ def fit_budget(
     def saving_of(unit: tuple) -> int:
         if unit[0] == "expert":
             mods = groups[unit[1]]
-            return sum(
-                _module_cost(kind, ranks[n], shapes[n])
-                - _module_cost(kind, ranks[n][:-1], shapes[n])
-                for n in mods
-            )
+            return sum(cost(ranks[n], shapes[n]) - cost(ranks[n][:-1], shapes[n]) for n in mods)
         _, name, i = unit
         shorter = [*ranks[name][:i], ranks[name][i] - 1, *ranks[name][i + 1 :]]
-        return _module_cost(kind, ranks[name], shapes[name]) - _module_cost(
-            kind, shorter, shapes[name]
-        )
+        return cost(ranks[name], shapes[name]) - cost(shorter, shapes[name])
 
     def push(unit: tuple) -> None:
         """(Re-)queue ``unit`` with its current confidence and saving, if removable."""

@@ -39,7 +39,6 @@ def run_search(cfg: DictConfig) -> Path:
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True)
     settings = search_settings(cfg)
-    budget: Budget = build_budget(cfg)
     lora = build_lora_config(cfg)
     if settings.init is not None:  # search-time A/B init may differ from the fine-tune's
         lora = dataclasses.replace(lora, init=settings.init)
@@ -48,6 +47,7 @@ def run_search(cfg: DictConfig) -> Path:
     targets = build_targets(cfg, model)
     names = list(targets)
     shapes = module_shapes(targets)
+    budget: Budget = build_budget(cfg, shapes)
     # fail before training when not even the smallest allocation fits the budget
     budget.check_minimum(minimum_allocation(names, settings.min_experts, settings.top_k), shapes)
 
@@ -73,6 +73,7 @@ def run_search(cfg: DictConfig) -> Path:
     gsvs = collect_gsvs(model)
     meta = {
         "source": "guilomo-search",
+        "method": "guilomo",
         "backbone": cfg.backbone.id,
         "backbone_name": cfg.backbone.loader.get("name"),
         "num_layers": int(model.config.num_hidden_layers),
