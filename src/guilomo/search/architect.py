@@ -96,24 +96,21 @@ def _grads(loss: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
     return list(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True))
 
 
-def _average_across_processes(grads: list[Tensor]) -> list[Tensor]:
-    """Mean of the GSV gradients over data-parallel processes (identity when not distributed).
+def mean_over_processes(
+    tensors: list[Tensor], reduce: Callable[[Tensor], Tensor] | None
+) -> list[Tensor]:
+    """``tensors`` averaged over data-parallel processes with one ``reduce`` call.
 
-    The hypergradient is computed with ``torch.autograd.grad``, which DDP does not
-    synchronise, so the GSVs would drift apart across processes without this.
+    ``reduce`` maps a flat tensor to its mean over processes (the module passes
+    Lightning's ``trainer.strategy.reduce``); ``None`` means a single process. Gradients
+    taken with ``torch.autograd.grad`` are not all-reduced by DDP, so without this the
+    GSVs (and the second order's virtual step and perturbation) would differ per process.
     """
-    dist = torch.distributed
-    if (
-        not (dist.is_available() and dist.is_initialized())
-        or dist.get_world_size() < 2
-        or not grads
-    ):
-        return grads
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
+    if reduce is None or not tensors:
+        return tensors
+    flat = reduce(torch.cat([t.reshape(-1) for t in tensors]))
     return [
-        f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)
+        f.view_as(t) for f, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)
     ]
 
 
@@ -129,6 +126,13 @@ class Architect:
         outer_optimizer: optimiser of ``gsv_params``.
         train_loss: ``batch -> L_train`` (the inner objective, aux loss included).
         val_loss: ``batch -> L_val``.
+        reduce: flat tensor -> its mean over data-parallel processes (``None``: one
+            process). Under DDP every process then takes the same outer step, equal
+            to the one a single process would take on the global batch (each process
+            holding a shard): the virtual step uses the mean train gradient, the
+            finite differences the mean ``v`` (so the same ``eps``), and the
+            hypergradient is the mean of the per-process ones, which is linear in
+            them given the shared Theta' and ``v``.
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class Architect:
         val_loss: Callable[[dict], Tensor],
         order: str = "first",
         virtual_step: str = "sgd",
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ):
         if order not in ORDERS:
             raise ValueError(f"order='{order}' is not one of {list(ORDERS)}")
@@ -151,20 +156,25 @@ class Architect:
         self.inner_optimizer, self.outer_optimizer = inner_optimizer, outer_optimizer
         self.train_loss, self.val_loss = train_loss, val_loss
         self.order, self.virtual_step = order, virtual_step
+        self.reduce = reduce
 
     def hypergradient(
         self, train_batch: dict, val_batch: dict, xi: float
     ) -> tuple[list[Tensor], Tensor]:
-        """(grad_G per GSV, detached val loss); weights and optimiser state left unchanged."""
+        """(grad_G per GSV, averaged over processes; detached local val loss).
+
+        Weights and optimiser state are left unchanged."""
         if self.order == "first":
             loss = self.val_loss(val_batch)
-            return _grads(loss, self.gsv), loss.detach()
+            return self._mean(_grads(loss, self.gsv)), loss.detach()
         return self._second_order(train_batch, val_batch, xi)
+
+    def _mean(self, tensors: list[Tensor]) -> list[Tensor]:
+        return mean_over_processes(tensors, self.reduce)
 
     def step(self, train_batch: dict, val_batch: dict, xi: float) -> Tensor:
         """One outer step; returns the (detached) validation loss it was computed on."""
         grads, loss = self.hypergradient(train_batch, val_batch, xi)
-        grads = _average_across_processes(grads)
         for p, g in zip(self.gsv, grads, strict=True):
             p.grad = g
         self.outer_optimizer.step()
@@ -184,18 +194,18 @@ class Architect:
         rng = _rng_state(device)
         try:
             # 1. virtual step Theta' on the train batch
-            g_train = _grads(self.train_loss(train_batch), theta)
+            g_train = self._mean(_grads(self.train_loss(train_batch), theta))
             self._virtual_step(g_train, xi)
             # 2. d_G and v on the val batch at Theta'
             loss = self.val_loss(val_batch)
             both = _grads(loss, [*self.gsv, *theta])
-            d_g, v = both[:ng], both[ng:]
+            d_g, v = both[:ng], self._mean(both[ng:])  # d_G is averaged with H below
             del both, g_train
             self._restore(saved, opt_snap)
             after_val = _rng_state(device)
             # 3. finite-difference Hessian-vector product at Theta +- eps v (no host sync)
             if not xi or not v:
-                return d_g, loss.detach()
+                return self._mean(d_g), loss.detach()
             norm = torch.sqrt(sum((x.double() ** 2).sum() for x in v))
             eps = torch.where(norm > 0, FD_SCALE / norm, torch.zeros_like(norm))
             with torch.no_grad():
@@ -209,10 +219,12 @@ class Architect:
             _set_rng_state(rng, device)
             g_neg = _grads(self.train_loss(train_batch), self.gsv)
             coef = torch.where(eps > 0, xi / (2 * eps.clamp(min=1e-30)), torch.zeros_like(eps))
-            grads = [
-                d - (gp - gn) * coef.to(d.dtype)
-                for d, gp, gn in zip(d_g, g_pos, g_neg, strict=True)
-            ]
+            grads = self._mean(
+                [
+                    d - (gp - gn) * coef.to(d.dtype)
+                    for d, gp, gn in zip(d_g, g_pos, g_neg, strict=True)
+                ]
+            )
             _set_rng_state(after_val, device)
             return grads, loss.detach()
         finally:

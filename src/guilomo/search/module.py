@@ -25,6 +25,7 @@ import math
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
 
 from guilomo.allocation import layer_of
 from guilomo.finetune.module import warmup_linear
@@ -42,6 +43,26 @@ from guilomo.search.layer import (
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels")
 IGNORE = -100
+
+
+def shard_like_train(loader, trainer: L.Trainer):
+    """``loader`` with a ``DistributedSampler`` under data parallelism (no shuffling).
+
+    Lightning puts one on the train loader itself; the held-out val loader feeds the
+    outer step, not a Lightning loop, so it gets the same sharding here (from the
+    strategy's ``distributed_sampler_kwargs``): each process takes its own val
+    examples, and the mean hypergradient is that of the global val batch.
+    """
+    kwargs = trainer.distributed_sampler_kwargs
+    if not kwargs or kwargs.get("num_replicas", 1) < 2 or not isinstance(loader, DataLoader):
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=DistributedSampler(loader.dataset, shuffle=False, **kwargs),
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+    )
 
 
 def short_name(name: str) -> str:
@@ -169,8 +190,12 @@ class SearchModule(L.LightningModule):
                 self.val_loss,
                 order=self.settings.order,
                 virtual_step=self.settings.virtual_step,
+                reduce=self._mean_over_processes if self.trainer.world_size > 1 else None,
             )
         return self._architect
+
+    def _mean_over_processes(self, flat: Tensor) -> Tensor:
+        return self.trainer.strategy.reduce(flat, reduce_op="mean")
 
     def on_fit_start(self) -> None:
         # backbones load in eval mode and Lightning keeps submodule modes as they are:
@@ -187,7 +212,7 @@ class SearchModule(L.LightningModule):
                 "search.val_source=heldout needs val batches: pass a datamodule with a val split "
                 "to trainer.fit, or set search.val_source=alternate"
             )
-        self._val_loader = dm.val_dataloader()
+        self._val_loader = shard_like_train(dm.val_dataloader(), self.trainer)
         return self._val_loader
 
     def next_val_batch(self) -> dict:
