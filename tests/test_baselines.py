@@ -20,12 +20,14 @@ from guilomo.baselines import (
     apportion,
     esd,
     hill_alpha,
+    ks_alpha,
     layer_alphas,
     make_baseline,
     mola,
     mola_block,
     random_allocation,
     scale_to_budget,
+    spectrum_alpha,
 )
 from guilomo.budget import Budget, BudgetError
 
@@ -186,13 +188,83 @@ def test_hill_recovers_power_law_exponent(alpha):
     assert abs(est - alpha) < 4 * (alpha - 1) / math.sqrt(n // 2)
 
 
+def ks_reference(lam, bins=100):
+    """The authors' threshold rule written as plain loops (method.md, section 4)."""
+    lam = sorted(float(x) for x in lam)
+    n_all = len(lam)
+    logs10 = [math.log10(x) for x in lam]
+    lo, width = logs10[0], (logs10[-1] - logs10[0]) / bins
+    counts = [0] * bins
+    for v in logs10:
+        counts[min(int((v - lo) / width), bins - 1)] += 1
+    edge = 10 ** (lo + counts.index(max(counts)) * width)
+    best_d, best_alpha = 1.0, None
+    for i in range(n_all - 1):
+        x = lam[i]
+        if x < math.log10(0.95 * edge):
+            continue
+        if x > 1.5 * edge:
+            break
+        n = n_all - i
+        alpha = 1 + n / sum(math.log(lam[j] / x) for j in range(i, n_all))
+        best_alpha = alpha if best_alpha is None else best_alpha
+        if alpha > 1:
+            d = max(abs(1 - (lam[j] / x) ** (1 - alpha) - (j - i) / n) for j in range(i, n_all))
+            if d < best_d:
+                best_d, best_alpha = d, alpha
+    return best_alpha
+
+
+def test_ks_threshold_by_hand():
+    # ascending 1, 2, 4, 15.84, 16. log10 spans [0, 1.2041] in 100 bins; 15.84 and 16 share
+    # the last bin, so its left edge 10^(1.2041 * 0.99) = 15.5625 is the peak: candidates up
+    # to 1.5 * 15.5625, and not below log10(0.95 * 15.5625) = 1.170, which drops xmin = 1.
+    lam = torch.tensor([16.0, 1.0, 4.0, 15.84, 2.0], dtype=torch.float64)
+    # xmin = 2, n = 4: alpha = 1 + 4 / (ln 1 + ln 2 + ln 7.92 + ln 8) = 1.826108
+    #   fitted CDF 1 - r^-0.826108 at r = 1, 2, 7.92, 8: 0, .435937, .819058, .820554
+    #   empirical 0, .25, .5, .75 -> D = .319058
+    # xmin = 4, n = 3: alpha = 1 + 3 / (ln 3.96 + ln 4) = 2.085958; D = |.775653 - 1/3| = .442320
+    # xmin = 15.84, n = 2: alpha = 1 + 2 / ln(16 / 15.84) = 199.998; D = 1 - e^-2 - 1/2 = .364665
+    # smallest D at xmin = 2
+    assert ks_alpha(lam) == pytest.approx(1 + 4 / math.log(2 * 7.92 * 8), rel=1e-9)
+    assert ks_alpha(lam) == pytest.approx(1.826108, abs=1e-6)
+    # the median rule on the same spectrum: xmin = 4 (k = 2 of 5, descending)
+    median = hill_alpha(lam)
+    assert median == pytest.approx(1 + 2 / math.log(4 * 3.96), rel=1e-9)
+    assert spectrum_alpha(lam, "median") == median and spectrum_alpha(lam) == ks_alpha(lam)
+    with pytest.raises(ValueError, match="median"):
+        spectrum_alpha(lam, "ks", k=2)
+    with pytest.raises(ValueError, match="not one of"):
+        spectrum_alpha(lam, "hill")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ks_matches_the_loop_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    kind = seed % 3
+    if kind == 0:  # Marchenko-Pastur bulk (a random matrix)
+        lam = esd(torch.randn(96, 64, generator=g))
+    elif kind == 1:  # a heavy-tailed sample
+        lam = pareto(2.5 + seed / 3, 80, seed)
+    else:  # bulk plus a few spikes, as in trained weights
+        lam = torch.cat([esd(torch.randn(120, 48, generator=g)), torch.tensor([300.0, 900.0])])
+    assert ks_alpha(lam, chunk=7) == pytest.approx(ks_reference(lam.tolist()), rel=1e-9)
+
+
+@pytest.mark.parametrize("alpha", [2.0, 3.0, 4.5])
+def test_ks_recovers_power_law_exponent(alpha):
+    est = ks_alpha(esd(power_law_matrix(alpha, 384, 256, seed=int(alpha * 10))))
+    assert abs(est - alpha) < 0.2 * (alpha - 1)
+
+
 def test_esd_is_eigenvalues_of_wtw():
     w = torch.randn(40, 24, generator=torch.Generator().manual_seed(0))
     ref = torch.linalg.eigvalsh(w.double().T @ w.double()).flip(0)
     assert torch.allclose(esd(w).double(), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_alphalora_layers_with_larger_alpha_get_more_experts():
+@pytest.mark.parametrize("threshold", ["ks", "median"])
+def test_alphalora_layers_with_larger_alpha_get_more_experts(threshold):
     alphas = {0: 2.0, 1: 5.0, 2: 3.0, 3: 4.0}
     modules = {}
     for layer, a in alphas.items():
@@ -201,16 +273,17 @@ def test_alphalora_layers_with_larger_alpha_get_more_experts():
             with torch.no_grad():
                 lin.weight.copy_(power_law_matrix(a, lin.out_features, 96, seed=10 * layer + j))
             modules[f"model.layers.{layer}.{name}"] = lin
-    measured = layer_alphas(modules)
+    measured = layer_alphas(modules, threshold=threshold)
     # layer alpha is the mean over the layer's modules
-    one = {n: hill_alpha(esd(m.weight)) for n, m in modules.items()}
+    one = {n: spectrum_alpha(esd(m.weight), threshold) for n, m in modules.items()}
     assert measured[1] == pytest.approx(
         (one["model.layers.1.self_attn.q_proj"] + one["model.layers.1.mlp.up_proj"]) / 2
     )
     order = sorted(measured, key=measured.get)
     assert order == [0, 2, 3, 1]  # the spectra keep the intended ordering
 
-    a = alphalora(modules, total=24, beta=2.5, rank=8)
+    a = alphalora(modules, total=24, beta=2.5, rank=8, threshold=threshold)
+    assert a.meta["threshold"] == threshold
     counts = {layer: c for layer, c in zip(range(4), per_layer(a), strict=True)}
     assert sum(counts.values()) == 24
     assert [counts[layer] for layer in order] == sorted(counts.values())

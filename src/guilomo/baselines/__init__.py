@@ -30,7 +30,15 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from guilomo.allocation import Allocation, method_name
-from guilomo.baselines.alphalora import alpha_counts, alphalora, esd, hill_alpha, layer_alphas
+from guilomo.baselines.alphalora import (
+    alpha_counts,
+    alphalora,
+    esd,
+    hill_alpha,
+    ks_alpha,
+    layer_alphas,
+    spectrum_alpha,
+)
 from guilomo.baselines.scale import apportion, scale_to_budget
 from guilomo.baselines.simple import (
     MOLA_PATTERNS,
@@ -62,6 +70,7 @@ __all__ = [
     "apportion",
     "esd",
     "hill_alpha",
+    "ks_alpha",
     "layer_alphas",
     "lora",
     "make_baseline",
@@ -70,6 +79,7 @@ __all__ = [
     "random_allocation",
     "resolve_targets",
     "scale_to_budget",
+    "spectrum_alpha",
     "uniform_moe",
 ]
 
