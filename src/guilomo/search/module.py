@@ -16,11 +16,16 @@ Val batches come from the datamodule's held-out split (cycled), or with
 ``val_source="alternate"`` from every second training micro-batch (the reference);
 either way ``global_step`` and the schedule count real steps: only the inner
 optimiser's step goes through Lightning (the outer one is stepped raw).
+
+Every real step also updates the :class:`SearchDiagnostics` (distance of the read-out
+from step 0, argmax flips, margins; logged as ``diag/*`` and ``gsv/*``), whose state
+travels in the checkpoint so a resumed search continues the same diagnostics.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import lightning as L
 import torch
@@ -33,7 +38,13 @@ from guilomo.lm_loss import sparse_lm_loss, supports_sparse_logits
 from guilomo.moe.inject import aux_loss
 from guilomo.search.architect import Architect
 from guilomo.search.config import SearchSettings
-from guilomo.search.gsv import margin
+from guilomo.search.diagnostics import (
+    DIAGNOSTICS_KEY,
+    SearchDiagnostics,
+    SearchWarning,
+    Selection,
+    selection_of,
+)
 from guilomo.search.layer import (
     gsv_parameters,
     inner_parameters,
@@ -104,6 +115,7 @@ class SearchModule(L.LightningModule):
         if not self._layers:
             raise ValueError("model has no search layers: inject them with inject_search_adapter")
         self._names = list(self._layers)
+        self.diagnostics = SearchDiagnostics(names=self._names)
         self._theta = inner_parameters(model)
         # DDP must not wait for GSV gradients: the Architect averages them itself
         gsv = {id(p) for p in gsv_parameters(model)}
@@ -201,6 +213,7 @@ class SearchModule(L.LightningModule):
         # backbones load in eval mode and Lightning keeps submodule modes as they are:
         # the search trains with adapter dropout and the load-balancing loss (train mode)
         self.model.train()
+        self.diagnostics.window = max(1, int(self.trainer.log_every_n_steps or 1))
 
     # -- validation batches ---------------------------------------------------------------
     def _val_source(self):
@@ -244,6 +257,8 @@ class SearchModule(L.LightningModule):
         inner, _ = self.optimizers()
         sched = self.lr_schedulers()
         step = self.global_step
+        if not self.diagnostics.started:  # the read-out of the initial GSVs
+            self.diagnostics.start(self.selection(), step)
         val_loss = None
         if self.settings.outer_due(step):
             xi = inner.optimizer.param_groups[0]["lr"]
@@ -263,34 +278,26 @@ class SearchModule(L.LightningModule):
         self.log("train/aux_loss", aux.detach(), batch_size=bs)
         if val_loss is not None:
             self.log("val/loss", val_loss, prog_bar=True, batch_size=bs)
-        self.log_dict(self.allocation_stats(), batch_size=bs)
+        selection = self.selection()
+        self.log_dict(self.allocation_stats(selection), batch_size=bs)
+        self.log_dict(self.diagnostics.update(selection, step), batch_size=bs)
         every = self.settings.log_modules_every
         if every and step % every == 0:
-            self.log_dict(self.module_stats(), batch_size=bs)
+            self.log_dict(self.module_stats(selection), batch_size=bs)
         return loss.detach()
 
     # -- what the GSVs select now -----------------------------------------------------------
-    @torch.no_grad()
-    def current(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(experts per module (M,), mean rank per module (M,), expert margin (M,), rank margin (M,))."""
-        layers = list(self._layers.values())
-        s_e = torch.sigmoid(torch.stack([m.gsv_expert for m in layers]))
-        s_r = torch.sigmoid(torch.stack([m.gsv_rank for m in layers]))
-        experts = s_e.argmax(-1).clamp(min=1) + 1
-        ranks = (s_r.argmax(-1) + 1).float()
-        kept = torch.arange(s_e.shape[-1], device=s_e.device) < experts[:, None]
-        mean_rank = (ranks * kept).sum(-1) / experts
-        rank_margin = (margin(s_r) * kept).sum(-1) / experts
-        return experts.float(), mean_rank, margin(s_e), rank_margin
+    def selection(self) -> Selection:
+        """The read-out of the GSVs now, all modules at once (on the model's device)."""
+        return selection_of(self._layers.values())
 
-    def allocation_stats(self) -> dict[str, Tensor]:
-        experts, mean_rank, m_e, m_r = self.current()
+    def allocation_stats(self, selection: Selection | None = None) -> dict[str, Tensor]:
+        sel = selection or self.selection()
+        experts = sel.experts.float()
         stats = {
             "alloc/experts_mean": experts.mean(),
             "alloc/experts_total": experts.sum(),
-            "alloc/rank_mean": mean_rank.mean(),
-            "gsv/expert_margin": m_e.mean(),
-            "gsv/rank_margin": m_r.mean(),
+            "alloc/rank_mean": sel.mean_rank.mean(),
         }
         usage = [m.usage for m in self._layers.values() if m.usage is not None]
         if usage:
@@ -299,15 +306,28 @@ class SearchModule(L.LightningModule):
             stats["usage/active_experts"] = (u > 0).float().sum(-1).mean()
         return stats
 
-    def module_stats(self) -> dict[str, Tensor]:
-        experts, mean_rank, _, _ = self.current()
+    def module_stats(self, selection: Selection | None = None) -> dict[str, Tensor]:
+        sel = selection or self.selection()
+        experts, mean_rank = sel.experts.float(), sel.mean_rank
         out = {}
         for i, name in enumerate(self._names):
             out[f"modules/{short_name(name)}/experts"] = experts[i]
             out[f"modules/{short_name(name)}/rank"] = mean_rank[i]
         return out
 
-    # -- checkpoints: adapter tensors and GSVs only ---------------------------------------
+    # -- checkpoints: adapter tensors and GSVs only, plus the diagnostics ----------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint[DIAGNOSTICS_KEY] = self.diagnostics.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if DIAGNOSTICS_KEY in checkpoint:
+            self.diagnostics.load_state_dict(checkpoint[DIAGNOSTICS_KEY])
+        else:
+            warnings.warn(
+                "the checkpoint holds no search diagnostics: they restart at the resumed step, "
+                "with its read-out taken as step 0",
+                SearchWarning,
+                stacklevel=2,
+            )

@@ -64,6 +64,17 @@ def collect_gsvs(model) -> dict[str, ModuleGSVs]:
     }
 
 
+def read_experts(s_expert: Tensor, min_experts: int = READOUT_MIN_EXPERTS) -> Tensor:
+    """Experts the sigmoid expert GSV(s) ``(..., n_max)`` keep: ``max(min_experts, argmax + 1)``,
+    at most ``n_max`` (shape ``(...)``, long; no host sync)."""
+    return (s_expert.argmax(-1) + 1).clamp(min=min_experts, max=s_expert.shape[-1])
+
+
+def read_ranks(s_rank: Tensor) -> Tensor:
+    """Rank of every expert from its sigmoid rank GSV ``(..., r_max)``: ``argmax + 1``."""
+    return s_rank.argmax(-1) + 1
+
+
 def read_allocation(
     gsvs: Mapping[str, ModuleGSVs],
     top_k: int = 2,
@@ -73,9 +84,8 @@ def read_allocation(
     """The allocation the GSVs select (method section 3)."""
     modules = {}
     for name, g in gsvs.items():
-        experts = max(min_experts, int(g.expert.argmax()) + 1)
-        experts = min(experts, g.expert.numel())
-        ranks = (g.rank[:experts].argmax(-1) + 1).tolist()
+        experts = int(read_experts(g.expert, min_experts))
+        ranks = read_ranks(g.rank[:experts]).tolist()
         modules[name] = ModuleAllocation(tuple(int(r) for r in ranks))
     return Allocation(modules, top_k=top_k, meta=dict(meta or {}))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -21,6 +22,7 @@ from guilomo.pipeline import (
     run_dir,
 )
 from guilomo.search.config import SearchSettings
+from guilomo.search.diagnostics import SearchWarning, report_lines, report_warnings
 from guilomo.search.layer import expert_groups, inject_search_adapter
 from guilomo.search.logging import log_heatmap, save_heatmap
 from guilomo.search.module import SearchModule
@@ -71,6 +73,9 @@ def run_search(cfg: DictConfig) -> Path:
 
     out = run_dir(cfg)
     gsvs = collect_gsvs(model)
+    if not module.diagnostics.started:  # no step ran
+        module.diagnostics.start(module.selection(), trainer.global_step)
+    diagnostics = module.diagnostics.report()  # the GSV read-out, before budget fitting
     meta = {
         "source": "guilomo-search",
         "method": "guilomo",
@@ -98,6 +103,7 @@ def run_search(cfg: DictConfig) -> Path:
             "budget_fit": report.summary(),
             "trainable_params": allocation.trainable_params(shapes),
             "search": settings.to_dict(),
+            "diagnostics": diagnostics,
         }
     )
     path = out / ALLOCATION_FILE
@@ -109,5 +115,8 @@ def run_search(cfg: DictConfig) -> Path:
         image = save_heatmap(allocation, out / HEATMAP_FILE, title=title)
         log_heatmap(trainer.loggers, image)
     print(f"search: {allocation.summary()}, {allocation.meta['trainable_params']} params")
+    print("\n".join(report_lines(diagnostics)))
+    for warning in report_warnings(diagnostics):
+        warnings.warn(warning, SearchWarning, stacklevel=2)
     print(f"allocation: {path}")
     return path
