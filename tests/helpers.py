@@ -75,3 +75,8 @@ def randomize_adapter(model_or_layer: nn.Module, seed: int = 0, std: float = 0.2
 def input_ids(batch: int = 2, seq: int = 7, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (batch, seq), generator=g)
+
+
+def loader_must_not_run(**kwargs):
+    """A ``backbone.loader._target_`` for tests: loading the backbone is a test failure."""
+    raise AssertionError("the backbone was loaded before the bad input was caught")

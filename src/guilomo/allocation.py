@@ -186,7 +186,9 @@ class Allocation:
                 "search.py (printed at its end), or choose a baseline allocation"
             )
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(), object_pairs_hook=no_duplicate_keys)
+        except AllocationError as e:
+            raise AllocationError(f"{path}: {e}") from e
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise AllocationError(
                 f"allocation file {path} is not valid JSON ({e}); it may be truncated or "
@@ -208,6 +210,17 @@ class Allocation:
             f"{n} modules, {self.total_experts} experts "
             f"(mean {self.total_experts / n:.2f}), total rank {self.total_rank}, top-{self.top_k}"
         )
+
+
+def no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads`` hook: a key given twice (e.g. a module listed twice) is an error, not
+    a silent "last one wins"."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise AllocationError(f"key '{k}' appears twice in the same JSON object: keep one")
+        out[k] = v
+    return out
 
 
 def _module_from_dict(name: str, d) -> ModuleAllocation:
@@ -246,6 +259,14 @@ def _meta_from(meta) -> dict:
         return {}
     if not isinstance(meta, Mapping):
         raise AllocationError(f"'meta' must be a JSON object, got {type(meta).__name__}")
+    layers = meta.get("num_layers")
+    if layers is not None and (not _is_int(layers) or layers < 1):
+        raise AllocationError(
+            f"meta.num_layers must be a positive integer or absent, got {layers!r}"
+        )
+    backbone = meta.get("backbone")
+    if backbone is not None and not isinstance(backbone, str):
+        raise AllocationError(f"meta.backbone must be a string or absent, got {backbone!r}")
     return dict(meta)
 
 

@@ -236,3 +236,43 @@ def load_backbone(
         model = _build_tiny(tokenizer, tiny, num_layers)
 
     return model.to(torch_dtype).eval(), _ensure_pad_token(tokenizer)
+
+
+def backbone_skeleton(
+    name: str,
+    *,
+    source: str = "hub",
+    num_layers: int | None = None,
+    dtype: str = "float32",
+    cache_dir: str | None = None,
+    tiny: dict | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel | None:
+    """The module tree of :func:`load_backbone`'s model on the ``meta`` device: every
+    layer name and shape, no weights, no memory (for checks before the real load).
+
+    Built from the config alone; ``None`` when that needs the weights (SmolLM2 before
+    its cache exists). Same arguments as :func:`load_backbone`.
+    """
+    if source == "hub":
+        kwargs: dict[str, Any] = dict(cache_dir=cache_dir, trust_remote_code=trust_remote_code)
+        if revision is not None:
+            kwargs["revision"] = revision
+        config = AutoConfig.from_pretrained(name, **kwargs)
+    elif source == "smollm2_gguf":
+        cache = smollm2_cache_path(cache_dir)
+        if not (cache / "config.json").is_file():
+            return None
+        config = AutoConfig.from_pretrained(str(cache), local_files_only=True)
+    else:
+        params = {**TINY_DEFAULTS, **(tiny or {})}
+        params.pop("seed")
+        params.setdefault("vocab_size", 8)  # the tokenizer's size; no target depends on it
+        config = LlamaConfig(**params)
+        if num_layers is not None:
+            config.num_hidden_layers = num_layers
+    if source != "tiny" and num_layers is not None:
+        _truncate_config(config, num_layers)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)

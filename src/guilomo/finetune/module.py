@@ -16,6 +16,7 @@ from torch import nn
 
 from guilomo.lm_loss import sparse_lm_loss, supports_sparse_logits
 from guilomo.moe import aux_loss
+from guilomo.validate import FINGERPRINT
 
 
 def warmup_linear(warmup_steps: int, total_steps: int):
@@ -46,6 +47,7 @@ class FinetuneModule(L.LightningModule):
         aux_coef: float = 0.001,
         aux_reduction: str = "mean",
         sparse_logits: bool = True,
+        run_info: dict | None = None,
     ):
         super().__init__()
         self.model = model
@@ -54,6 +56,7 @@ class FinetuneModule(L.LightningModule):
         self.aux_coef, self.aux_reduction = aux_coef, aux_reduction
         self.sparse_logits = sparse_logits and supports_sparse_logits(model)
         self.strict_loading = False  # checkpoints hold the adapter only
+        self.run_info = run_info  # what the run is (checked before a resume loads the model)
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -102,6 +105,8 @@ class FinetuneModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict()
+        if self.run_info is not None:
+            checkpoint[FINGERPRINT] = self.run_info
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
             "python": random.getstate(),

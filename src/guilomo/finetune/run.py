@@ -30,6 +30,7 @@ from guilomo.pipeline import (
     run_dir,
 )
 from guilomo.utils.io import atomic_write_text
+from guilomo.validate import train_fingerprint, validate_train
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def search_record(alloc: Allocation, path: str | None) -> dict | None:
 
 
 def run_train(cfg: DictConfig) -> dict:
+    validate_train(cfg)  # every check that needs no weights, before the backbone loads
     L.seed_everything(cfg.seed, workers=True)
     out = run_dir(cfg)
     model, tokenizer = build_backbone(cfg)
@@ -114,6 +116,7 @@ def run_train(cfg: DictConfig) -> dict:
         aux_coef=lora_cfg.aux_coef,
         aux_reduction=lora_cfg.aux_reduction,
         sparse_logits=cfg.get("sparse_logits", True),
+        run_info=train_fingerprint(cfg, num_layers, alloc),
     )
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))

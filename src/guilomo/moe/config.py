@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 SCALINGS = ("per_expert", "last_expert")
@@ -38,6 +39,10 @@ class LoraMoEConfig:
         _choice("impl", self.impl, IMPLS)
         _choice("init", self.init, INITS)
         _choice("aux_reduction", self.aux_reduction, REDUCTIONS)
+        for name in ("alpha", "dropout", "aux_coef"):  # never NaN, Infinity, a string or a bool
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.alpha <= 0:

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from guilomo.allocation import Allocation, AllocationError
+from guilomo.allocation import Allocation, AllocationError, no_duplicate_keys
 from guilomo.moe.config import LoraMoEConfig
 from guilomo.moe.inject import CONTEXT_ATTR, adapter_modules, inject_adapter
 from guilomo.utils.io import atomic_write, atomic_write_text
@@ -95,8 +95,8 @@ def read_adapter_config(path: str | Path) -> tuple[Allocation, LoraMoEConfig, di
             f"{cfg_file} not found: pass the folder written by save_adapter / train.py"
         )
     try:
-        meta = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
+        meta = json.loads(cfg_file.read_text(), object_pairs_hook=no_duplicate_keys)
+    except (json.JSONDecodeError, UnicodeDecodeError, AllocationError) as e:
         raise AllocationError(f"{cfg_file} is corrupt ({e}); re-save the adapter") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
@@ -163,7 +163,8 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def check_tensors(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch.Tensor]) -> None:
-    """Raise, naming the keys, unless ``tensors`` has exactly the expected keys and shapes."""
+    """Raise, naming the keys, unless ``tensors`` has exactly the expected keys and shapes,
+    a floating-point dtype and only finite values."""
     expected = {k: tuple(v) for k, v in expected.items()}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -183,6 +184,19 @@ def check_tensors(expected: dict[str, tuple[int, ...]], tensors: dict[str, torch
             f"adapter weights do not match the model's adapter ({detail}): the weights were "
             "saved for another allocation or backbone; load them with the adapter_config.json "
             "saved beside them onto the same backbone"
+        )
+    not_float = sorted(k for k, t in tensors.items() if not t.is_floating_point())
+    if not_float:
+        dtypes = {str(tensors[k].dtype) for k in not_float}
+        raise AllocationError(
+            f"adapter weights must be floating point; {len(not_float)} tensor(s) are {sorted(dtypes)}, "
+            f"e.g. {not_float[:3]}: re-save the adapter from a trained model"
+        )
+    bad = sorted(k for k, t in tensors.items() if not bool(torch.isfinite(t).all()))
+    if bad:
+        raise AllocationError(
+            f"adapter weights hold NaN or Inf in {len(bad)} tensor(s), e.g. {bad[:3]}: the run "
+            "that saved them diverged; retrain (e.g. with a lower optim.lr)"
         )
 
 

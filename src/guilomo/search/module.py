@@ -51,6 +51,7 @@ from guilomo.search.layer import (
     pass_mode,
     search_layers,
 )
+from guilomo.validate import FINGERPRINT
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels")
 IGNORE = -100
@@ -98,6 +99,7 @@ class SearchModule(L.LightningModule):
         aux_coef: float = 0.001,
         aux_reduction: str = "mean",
         val_dataloader=None,
+        run_info: dict | None = None,
     ):
         super().__init__()
         self.model = model
@@ -106,6 +108,7 @@ class SearchModule(L.LightningModule):
         self.automatic_optimization = False
         self.sparse_logits = self.settings.sparse_logits and supports_sparse_logits(model)
         self.strict_loading = False  # checkpoints hold the adapter and the GSVs only
+        self.run_info = run_info  # what the run is (checked before a resume loads the model)
         self.total_steps: int | None = None
         self._val_loader = val_dataloader
         self._val_iter = None
@@ -319,6 +322,8 @@ class SearchModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        if self.run_info is not None:
+            checkpoint[FINGERPRINT] = self.run_info
         checkpoint[DIAGNOSTICS_KEY] = self.diagnostics.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -27,6 +27,7 @@ from guilomo.search.layer import expert_groups, inject_search_adapter
 from guilomo.search.logging import log_heatmap, save_heatmap
 from guilomo.search.module import SearchModule
 from guilomo.search.readout import collect_gsvs, fit_budget, minimum_allocation, read_allocation
+from guilomo.validate import search_fingerprint, validate_search
 
 ALLOCATION_FILE = "allocation.json"
 HEATMAP_FILE = "allocation_heatmap.png"
@@ -39,8 +40,8 @@ def search_settings(cfg: DictConfig) -> SearchSettings:
 def run_search(cfg: DictConfig) -> Path:
     """Search, read out, fit the budget, write ``<run dir>/allocation.json``; returns its path."""
     started = time.perf_counter()
+    settings = validate_search(cfg)  # every check that needs no weights, before the load
     L.seed_everything(cfg.seed, workers=True)
-    settings = search_settings(cfg)
     lora = build_lora_config(cfg)
     if settings.init is not None:  # search-time A/B init may differ from the fine-tune's
         lora = dataclasses.replace(lora, init=settings.init)
@@ -65,7 +66,13 @@ def run_search(cfg: DictConfig) -> Path:
         granularity=settings.granularity,
         seed=cfg.seed,
     )
-    module = SearchModule(model, settings, aux_coef=lora.aux_coef, aux_reduction=lora.aux_reduction)
+    module = SearchModule(
+        model,
+        settings,
+        aux_coef=lora.aux_coef,
+        aux_reduction=lora.aux_reduction,
+        run_info=search_fingerprint(cfg, model.config.num_hidden_layers, names, settings),
+    )
     # the search has no validation loop: held-out batches feed the outer step instead
     trainer = build_trainer(cfg, limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
