@@ -80,3 +80,40 @@ def input_ids(batch: int = 2, seq: int = 7, seed: int = 0) -> torch.Tensor:
 def loader_must_not_run(**kwargs):
     """A ``backbone.loader._target_`` for tests: loading the backbone is a test failure."""
     raise AssertionError("the backbone was loaded before the bad input was caught")
+
+
+class PoisonAt:
+    """A Lightning callback for tests (``+callbacks.poison._target_=helpers.PoisonAt``): at
+    the start of step ``at_step`` (0-based ``global_step``) it fills one trained tensor with
+    NaN, so that step's loss is NaN."""
+
+    def __new__(cls, at_step: int):
+        import lightning as L
+
+        class _Poison(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, *args):
+                if trainer.global_step == at_step:
+                    p = next(p for n, p in pl_module.named_parameters() if "lora_A" in n)
+                    with torch.no_grad():
+                        p.fill_(float("nan"))
+
+        return _Poison()
+
+
+class KillAt:
+    """A Lightning callback for tests (``+callbacks.kill._target_=helpers.KillAt``): SIGKILLs
+    its own process at the start of step ``at_step``, like a node failure (nothing runs
+    after it: no exception handler, no teardown)."""
+
+    def __new__(cls, at_step: int):
+        import os
+        import signal
+
+        import lightning as L
+
+        class _Kill(L.Callback):
+            def on_train_batch_start(self, trainer, *args):
+                if trainer.global_step == at_step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        return _Kill()

@@ -33,10 +33,11 @@ IGNORE = -100
 class EpochShuffleSampler(torch.utils.data.Sampler):
     """A permutation that depends only on (seed, epoch): Lightning calls ``set_epoch``
     each epoch, so a run resumed from a checkpoint sees the same order as an
-    uninterrupted one."""
+    uninterrupted one. ``start`` skips the first indices of the next pass (mid-epoch
+    resume; see :class:`ResumableDataLoader`)."""
 
     def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -46,7 +47,41 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=gen).tolist())
+        start, self.start = self.start, 0
+        return iter(torch.randperm(self.n, generator=gen).tolist()[start:])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader Lightning can checkpoint mid-epoch: it has ``state_dict`` /
+    ``load_state_dict`` (Lightning's stateful-loader protocol), counting the batches it
+    has yielded in the current epoch; after ``load_state_dict`` the next pass starts
+    right after them, skipped at the sampler (no data is loaded for them). Batch ``i``
+    holds sampler positions ``[i * batch_size, (i + 1) * batch_size)``, so skipping
+    ``k * batch_size`` positions resumes at batch ``k`` exactly. Under a sampler Lightning
+    substituted (a distributed wrapper), the skipped batches are drawn and dropped.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.yielded, self._resume_at = 0, 0
+
+    def __iter__(self):
+        skip, self._resume_at = self._resume_at, 0
+        own = isinstance(self.sampler, EpochShuffleSampler)
+        if own:
+            self.sampler.start = skip * self.batch_size
+        self.yielded = skip
+        for i, batch in enumerate(super().__iter__()):
+            if own or i >= skip:
+                self.yielded += 1
+                yield batch
+
+    def state_dict(self) -> dict:
+        return {"batches": self.yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        done = int(state["batches"])
+        self._resume_at = done if done < len(self) else 0  # a finished epoch: start the next
 
 
 def _pad(seqs: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
@@ -233,13 +268,19 @@ class TaskDataModule(L.LightningDataModule):
     def _loader(self, data, batch_size, collate, shuffle=False):
         if not data:
             return []  # Lightning skips a loop with no batches
-        return DataLoader(
-            data,
+        # a private generator: creating an iterator draws the workers' base seed from it,
+        # not from the global RNG (a resumed run would otherwise draw once more)
+        kwargs = dict(
             batch_size=batch_size,
-            sampler=EpochShuffleSampler(len(data), self.seed) if shuffle else None,
             collate_fn=partial(collate, pad_id=self.pad_id),
             num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
         )
+        if shuffle:
+            return ResumableDataLoader(
+                data, sampler=EpochShuffleSampler(len(data), self.seed), **kwargs
+            )
+        return DataLoader(data, **kwargs)
 
     def train_dataloader(self):
         self.setup()

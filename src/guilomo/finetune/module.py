@@ -7,15 +7,14 @@ checkpoint continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
-import random
-
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 
+from guilomo.guards import FiniteGuard
 from guilomo.lm_loss import sparse_lm_loss, supports_sparse_logits
 from guilomo.moe import aux_loss
+from guilomo.utils.rng import rng_state, set_rng_state
 from guilomo.validate import FINGERPRINT
 
 
@@ -28,12 +27,6 @@ def warmup_linear(warmup_steps: int, total_steps: int):
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return fn
-
-
-def _numpy_state_to_torch(state):
-    """numpy's RNG state with its key array as a tensor (checkpoints load weights_only)."""
-    name, keys, pos, has_gauss, cached = state
-    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
 
 
 class FinetuneModule(L.LightningModule):
@@ -89,6 +82,9 @@ class FinetuneModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         return self._loss(batch, "val")
 
+    def configure_callbacks(self):
+        return [FiniteGuard(fix="lower optim.lr or raise optim.warmup_steps")]
+
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
@@ -107,11 +103,7 @@ class FinetuneModule(L.LightningModule):
         checkpoint["state_dict"] = self.trainable_state_dict()
         if self.run_info is not None:
             checkpoint[FINGERPRINT] = self.run_info
-        checkpoint["rng"] = {
-            "torch": torch.get_rng_state(),
-            "python": random.getstate(),
-            "numpy": _numpy_state_to_torch(np.random.get_state()),
-        }
+        checkpoint["rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         expected = set(self.trainable_state_dict())
@@ -124,7 +116,4 @@ class FinetuneModule(L.LightningModule):
             )
         rng = checkpoint.get("rng")
         if rng:
-            torch.set_rng_state(rng["torch"])
-            random.setstate(rng["python"])
-            name, keys, pos, has_gauss, cached = rng["numpy"]
-            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            set_rng_state(rng)

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from guilomo.allocation import layer_of
 from guilomo.finetune.module import warmup_linear
+from guilomo.guards import FiniteGuard
 from guilomo.lm_loss import sparse_lm_loss, supports_sparse_logits
 from guilomo.moe.inject import aux_loss
 from guilomo.search.architect import Architect
@@ -51,6 +52,7 @@ from guilomo.search.layer import (
     pass_mode,
     search_layers,
 )
+from guilomo.utils.rng import rng_state, set_rng_state
 from guilomo.validate import FINGERPRINT
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels")
@@ -112,6 +114,8 @@ class SearchModule(L.LightningModule):
         self.total_steps: int | None = None
         self._val_loader = val_dataloader
         self._val_iter = None
+        self._val_taken = 0  # batches drawn from the current pass over the val split
+        self._val_resume = 0  # after a resume: batches of the pass to skip
         self._pending: dict | None = None  # alternate: the train half of the pair
         self._architect: Architect | None = None
         self._layers = search_layers(model)
@@ -159,6 +163,10 @@ class SearchModule(L.LightningModule):
             return self.train_loss(batch)
 
     # -- optimisers -----------------------------------------------------------------------
+    def configure_callbacks(self):
+        fix = "lower search.inner.lr / search.outer.lr or raise search.inner.warmup_steps"
+        return [FiniteGuard(fix=fix)]
+
     def configure_optimizers(self):
         s = self.settings
         inner = torch.optim.AdamW(
@@ -234,9 +242,16 @@ class SearchModule(L.LightningModule):
     def next_val_batch(self) -> dict:
         for _ in range(2):
             if self._val_iter is None:
-                self._val_iter = iter(self._val_source())
+                source = self._val_source()
+                self._val_iter, self._val_taken = iter(source), 0
+                skip, self._val_resume = self._val_resume, 0
+                skip = skip if skip < len(source) else 0  # the pass had ended: a new one
+                for _ in range(skip):  # resumed mid-pass: continue where the checkpoint was
+                    next(self._val_iter)
+                    self._val_taken += 1
             try:
                 batch = next(self._val_iter)
+                self._val_taken += 1
                 return {
                     k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()
                 }
@@ -325,8 +340,18 @@ class SearchModule(L.LightningModule):
         if self.run_info is not None:
             checkpoint[FINGERPRINT] = self.run_info
         checkpoint[DIAGNOSTICS_KEY] = self.diagnostics.state_dict()
+        # exact resume: the RNG states (dropout), where the held-out val pass stands, and the
+        # train half of an alternate pair; the GSVs are parameters, the optimisers, the
+        # scheduler and the train loader's position are saved by Lightning
+        checkpoint["rng"] = rng_state()
+        checkpoint["search_state"] = {"val_batches": self._val_taken, "pending": self._pending}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng" in checkpoint:
+            set_rng_state(checkpoint["rng"])
+        state = checkpoint.get("search_state") or {}
+        self._val_iter, self._val_resume = None, int(state.get("val_batches", 0))
+        self._pending = state.get("pending")
         if DIAGNOSTICS_KEY in checkpoint:
             self.diagnostics.load_state_dict(checkpoint[DIAGNOSTICS_KEY])
         else:
