@@ -31,7 +31,21 @@ from guilomo.budget import Budget
 BYTES_PER_TRAINABLE = 16  # fp32 weight + gradient + two Adam moments
 MEMORY_SHARE = 0.9  # the adapter's state may use at most this share of the device memory
 RESULT_FILES = {"train": "metrics.json", "search": "allocation.json"}
-FINGERPRINT = "guilomo"  # checkpoint key holding what the run that wrote it was
+FINGERPRINT = "guilomo"
+# allocation options (conf/allocation/*.yaml) that are counts
+ALLOCATION_INTS = (
+    "experts",
+    "rank",
+    "top_k",
+    "total",
+    "n_min",
+    "n_max",
+    "r_min",
+    "r_max",
+    "num_layers",
+    "k",
+    "random_seed",
+)  # checkpoint key holding what the run that wrote it was
 
 
 class ConfigError(ValueError):
@@ -186,13 +200,16 @@ def check_adapter(cfg: DictConfig):
         raise ConfigError(f"adapter: {e}; fix the adapter.* value") from e
 
 
-def check_budget(cfg: DictConfig) -> Budget:
+def check_budget(cfg: DictConfig) -> None:
+    """The budget's kind and value (the full :meth:`Budget.from_config`, which may read a
+    file to match, runs once the module shapes are known)."""
     spec = get(cfg, "budget", None) or {}
-    kind, value = spec.get("kind", "none"), spec.get("value")
-    check_choice("budget.kind", kind, BUDGET_KINDS)
-    if kind != "none":
-        check_int("budget.value", value, 1)
-    return Budget(kind=kind, value=value)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"budget={spec!r} must be a config group (budget=params budget.value=N)")
+    kind = spec.get("kind", "none")
+    check_choice("budget.kind", kind, (*BUDGET_KINDS, "match"))
+    if kind != "none" and spec.get("path") is None:
+        check_int("budget.value", spec.get("value"), 1)
 
 
 # -- output folder ------------------------------------------------------------------------
@@ -367,10 +384,11 @@ def validate_train(cfg: DictConfig) -> None:
     kind = get(cfg, "allocation.kind")
     check_choice("allocation.kind", kind, ALLOCATION_KINDS)
     spec = get(cfg, "allocation")
-    for key, v in spec.items():
-        if key in ("kind", "path", "pattern", "beta", "budget_kind", "scale_mode"):
-            continue
-        check_int(f"allocation.{key}", v, 1 if key not in ("random_seed",) else 0, none_ok=True)
+    for key in ALLOCATION_INTS:
+        if key in spec:
+            check_int(
+                f"allocation.{key}", spec[key], 0 if key == "random_seed" else 1, none_ok=True
+            )
     if "pattern" in spec and not (
         isinstance(spec["pattern"], list) and all(is_int(x) and x >= 1 for x in spec["pattern"])
     ):
@@ -460,7 +478,7 @@ def validate_search(cfg: DictConfig):
             f"search.val_source=heldout needs a val split but {dm}.val_size=0 and "
             f"{dm}.val_split=null: set {dm}.val_size (e.g. 0.1) or search.val_source=alternate"
         )
-    budget = check_budget(cfg)
+    check_budget(cfg)
     check_output_dir(cfg, "search", ("checkpoints",), ("allocation.json", "allocation_heatmap.png"))
     meta = load_checkpoint_meta(cfg, "search")
 
@@ -471,6 +489,7 @@ def validate_search(cfg: DictConfig):
     targets = check_targets(cfg, model)
     names = list(targets)
     shapes = {n: (m.in_features, m.out_features) for n, m in targets.items()}
+    budget = prefixed("budget", Budget.from_config, get(cfg, "budget", None), shapes)
     minimum = minimum_allocation(names, settings.min_experts, settings.top_k)
     prefixed("budget.value", budget.check_minimum, minimum, shapes)
     n, r = settings.n_max, settings.r_max
