@@ -101,7 +101,8 @@ def _fit(
             raise BudgetError(
                 f"the budget {target} is below the smallest allocation reachable by scaling "
                 f"{what} ({spent}, with one {'rank per expert' if what == 'ranks' else 'expert per module'}); "
-                "raise the budget or scale the other way (mode='experts' / 'rank')"
+                "raise the budget or scale the other way (scale_mode='experts' / 'rank'; on "
+                "the command line +allocation.scale_mode=experts)"
             )
         u = max(candidates, key=lambda j: (vals[j] / max(shares[j], 1e-12), -j))
         spent -= cost(u, vals[u]) - cost(u, vals[u] - 1)
