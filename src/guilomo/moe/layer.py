@@ -144,6 +144,14 @@ class LoraMoELinear(nn.Module):
         """(additive router-logit bias of length N, multiplicative gate of length R)."""
         return None, None
 
+    def expert_probe(self) -> Tensor | None:
+        """Constant weight (length N) added to every token's routing weights, or None.
+
+        The search uses it to give experts it has masked out a small, trainable presence
+        (the expert analogue of the soft rank mask); a plain LoRA-MoE has none.
+        """
+        return None
+
     # -- forward ------------------------------------------------------------------------
     def route(self, x2: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """fp32 routing of flattened tokens: (probs T x N, top-k ids T x k, weights T x k)."""
@@ -172,16 +180,27 @@ class LoraMoELinear(nn.Module):
             self.aux = self.balance_loss(
                 probs, top_i, self.context.flat_mask(x2.shape[0], x.device)
             )
+        probe = self.expert_probe()
         if self.config.impl == "loop":
+            if probe is not None:
+                raise ValueError("an expert probe needs impl='masked' (every token visits it)")
             delta = self._delta_loop(x2, top_i, top_w, scale)
             return y + delta.reshape(y.shape).to(y.dtype)
-        return self._add_masked(y, x2, top_i, top_w, scale)
+        return self._add_masked(y, x2, top_i, top_w, scale, probe)
 
     def _add_masked(
-        self, y: Tensor, x2: Tensor, top_i: Tensor, top_w: Tensor, scale: Tensor
+        self,
+        y: Tensor,
+        x2: Tensor,
+        top_i: Tensor,
+        top_w: Tensor,
+        scale: Tensor,
+        probe: Tensor | None = None,
     ) -> Tensor:
         """``y + ((drop(x) A^T) * gate_R) B^T``, the final add fused into the second GEMM."""
         gate = top_w.new_zeros(x2.shape[0], self.num_experts).scatter(1, top_i, top_w)
+        if probe is not None:
+            gate = gate + probe
         gate_r = gate.index_select(1, self.expert_of_rank) * scale  # T x R, fp32
         h = self.dropout(x2) @ self.lora_A.t()
         y2 = y.reshape(-1, y.shape[-1])

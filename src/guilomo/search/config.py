@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from guilomo.search.architect import ORDERS, VIRTUAL_STEPS
-from guilomo.search.gsv import RANK_FLOORS
-from guilomo.search.layer import GRANULARITIES
+from guilomo.search.gsv import CREDITS, MIN_EXPERTS, RANK_FLOORS
+from guilomo.search.layer import EXPERT_SIGNALS, GRANULARITIES
 
 VAL_SOURCES = ("heldout", "alternate")
 
@@ -34,7 +34,7 @@ class InnerOptim:
 class OuterOptim:
     """Adam on the GSVs (the reference: lr 3e-3, betas (0.5, 0.999), no weight decay)."""
 
-    lr: float = 3e-3
+    lr: float = 1e-2
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 0.0
 
@@ -48,13 +48,16 @@ class SearchSettings:
     top_k: int = 2
     granularity: str = "module"
     rank_mask: str = "soft"
+    expert_signal: str = "output"  # output: gate on the experts | logits (reference)
+    expert_credit: str = "neighbour"  # straight-through rule: neighbour | reference
+    rank_credit: str = "neighbour"
     init: str | None = None  # A/B init during the search; None: the adapter's init
     order: str = "first"
     virtual_step: str = "sgd"
     val_source: str = "heldout"
     warmup_outer_steps: int = 0
     outer_every: int = 1
-    min_experts: int = 2  # budget fitting keeps at least this many experts per module
+    min_experts: int = MIN_EXPERTS  # budget fitting keeps >= this many experts (1: hard floor)
     log_modules_every: int = 50
     heatmap: bool = True
     outer_dropout: bool = False  # adapter dropout in the outer step's passes (True: reference)
@@ -75,6 +78,9 @@ class SearchSettings:
             ("order", ORDERS),
             ("virtual_step", VIRTUAL_STEPS),
             ("val_source", VAL_SOURCES),
+            ("expert_signal", EXPERT_SIGNALS),
+            ("expert_credit", CREDITS),
+            ("rank_credit", CREDITS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(

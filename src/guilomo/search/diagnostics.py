@@ -44,8 +44,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from guilomo.search.gsv import margin
-from guilomo.search.readout import READOUT_MIN_EXPERTS, read_experts, read_ranks
+from guilomo.search.gsv import margin, selected_experts, selected_ranks
 
 DIAGNOSTICS_KEY = "search_diagnostics"  # the tracker's entry in a search checkpoint
 
@@ -102,20 +101,20 @@ class Selection:
         return cls(**{f.name: state[f.name] for f in fields(cls)})
 
 
-def select(s_expert: Tensor, s_rank: Tensor, min_experts: int = READOUT_MIN_EXPERTS) -> Selection:
+def select(s_expert: Tensor, s_rank: Tensor) -> Selection:
     """Selection from sigmoid GSVs ``s_expert`` (M, n_max) and ``s_rank`` (M, n_max, r_max)."""
     return Selection(
-        read_experts(s_expert, min_experts), read_ranks(s_rank), margin(s_expert), margin(s_rank)
+        selected_experts(s_expert), selected_ranks(s_rank), margin(s_expert), margin(s_rank)
     )
 
 
 @torch.no_grad()
-def selection_of(layers: Iterable, min_experts: int = READOUT_MIN_EXPERTS) -> Selection:
+def selection_of(layers: Iterable) -> Selection:
     """Selection of search layers (objects with ``gsv_expert`` and ``gsv_rank``), vectorised."""
     layers = list(layers)
     s_e = torch.sigmoid(torch.stack([m.gsv_expert.detach().float() for m in layers]))
     s_r = torch.sigmoid(torch.stack([m.gsv_rank.detach().float() for m in layers]))
-    return select(s_e, s_r, min_experts)
+    return select(s_e, s_r)
 
 
 def distance(now: Selection, ref: Selection) -> dict[str, float]:

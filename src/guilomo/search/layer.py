@@ -8,6 +8,15 @@ Every targeted module starts at ``n_max`` experts of rank ``r_max`` and carries
 
 Both masks enter through :meth:`LoraMoELinear.search_terms`: the router bias, and the
 per-rank gate ``lambda * rank_mask`` that multiplies the rank scaling ``alpha / r_max``.
+Where the expert GSV learns from is ``expert_signal``: ``logits`` (the reference: the
+router-logit mask's gradient) or ``output``: a gate ``m`` on the experts' outputs,
+folded into the per-rank gate (the router mask is then applied without a gradient),
+``1`` for kept experts and the rank mask's floor for dropped ones, which also get a
+constant routing weight of 1 on every token (:meth:`expert_probe`). So a dropped expert
+contributes ``floor`` times its output to every token, trains like a masked rank, and
+its ``delta_j = dL/dm_j`` is the first-order value of adding it; a kept expert's
+``delta_j`` is what it contributes through its routed tokens.
+``expert_credit`` / ``rank_credit`` pick the straight-through rule (:mod:`.gsv`).
 The whole module is computed with the production masked path (two GEMMs).
 
 With ``granularity="layer"`` the modules of one decoder layer share one expert GSV
@@ -26,10 +35,20 @@ from guilomo.allocation import Allocation, ModuleAllocation, layer_of
 from guilomo.moe.config import LoraMoEConfig
 from guilomo.moe.inject import inject_adapter
 from guilomo.moe.layer import LoraMoELinear, RoutingContext
-from guilomo.search.gsv import RANK_FLOORS, expert_mask, gsv_init, rank_mask
+from guilomo.search.gsv import (
+    CREDITS,
+    RANK_FLOORS,
+    expert_gate,
+    expert_mask,
+    gsv_init,
+    rank_mask,
+    selected_experts,
+    selected_ranks,
+)
 
 GSV_NAMES = ("gsv_expert", "gsv_rank")
 GRANULARITIES = ("module", "layer")
+EXPERT_SIGNALS = ("logits", "output")
 
 
 class SearchLoraMoELinear(LoraMoELinear):
@@ -43,6 +62,9 @@ class SearchLoraMoELinear(LoraMoELinear):
         config: LoraMoEConfig | None = None,
         context: RoutingContext | None = None,
         rank_mask_mode: str = "soft",
+        expert_signal: str = "logits",
+        expert_credit: str = "reference",
+        rank_credit: str = "reference",
     ):
         ranks = [int(r) for r in ranks]
         if len(ranks) < 2:
@@ -51,12 +73,24 @@ class SearchLoraMoELinear(LoraMoELinear):
             raise ValueError(f"the search starts every expert at r_max; got ranks {ranks}")
         if rank_mask_mode not in RANK_FLOORS:
             raise ValueError(f"rank_mask='{rank_mask_mode}' is not one of {list(RANK_FLOORS)}")
+        if expert_signal not in EXPERT_SIGNALS:
+            raise ValueError(
+                f"expert_signal='{expert_signal}' is not one of {list(EXPERT_SIGNALS)}"
+            )
+        for key, value in (("expert_credit", expert_credit), ("rank_credit", rank_credit)):
+            if value not in CREDITS:
+                raise ValueError(f"{key}='{value}' is not one of {list(CREDITS)}")
         super().__init__(base, ranks, top_k, config=config, context=context)
         n, r = len(ranks), ranks[0]
         device = base.weight.device
         self.n_max, self.r_max = n, r
         self.rank_mask_mode = rank_mask_mode
         self.rank_floor = RANK_FLOORS[rank_mask_mode]
+        self.expert_signal, self.expert_credit, self.rank_credit = (
+            expert_signal,
+            expert_credit,
+            rank_credit,
+        )
         f32 = dict(dtype=torch.float32, device=device)
         self.gsv_expert = nn.Parameter(torch.empty(n, **f32))
         self.gsv_rank = nn.Parameter(torch.empty(n, r, **f32))
@@ -75,19 +109,33 @@ class SearchLoraMoELinear(LoraMoELinear):
 
     # -- the masks ----------------------------------------------------------------------
     def search_terms(self) -> tuple[Tensor, Tensor]:
-        bias = expert_mask(torch.sigmoid(self.gsv_expert))
-        gate = self.rank_lambda * rank_mask(torch.sigmoid(self.gsv_rank), self.rank_floor)
+        s_e = torch.sigmoid(self.gsv_expert)
+        gate = self.rank_lambda * rank_mask(
+            torch.sigmoid(self.gsv_rank), self.rank_floor, self.rank_credit
+        )
+        if self.expert_signal == "logits":
+            bias = expert_mask(s_e, self.expert_credit)
+        else:  # route with the same mask, learn from a gate on the experts' outputs
+            bias = expert_mask(s_e.detach())
+            gate = gate * expert_gate(s_e, self.expert_credit, self.rank_floor)[:, None]
         return bias, gate.reshape(-1)
+
+    def expert_probe(self) -> Tensor | None:
+        """``expert_signal="output"`` with a soft floor: weight 1 on every dropped expert."""
+        if self.expert_signal != "output" or self.rank_floor == 0:
+            return None
+        kept = torch.arange(self.n_max, device=self.gsv_expert.device) < self.current_experts()
+        return (~kept).to(torch.float32)
 
     @torch.no_grad()
     def current_experts(self) -> Tensor:
         """Experts kept by the current expert GSV (a 0-d tensor, >= 2; no host sync)."""
-        return torch.sigmoid(self.gsv_expert).argmax().clamp(min=1) + 1
+        return selected_experts(torch.sigmoid(self.gsv_expert))
 
     @torch.no_grad()
     def current_ranks(self) -> Tensor:
         """Rank of every one of the ``n_max`` experts under the current rank GSVs."""
-        return torch.sigmoid(self.gsv_rank).argmax(-1) + 1
+        return selected_ranks(torch.sigmoid(self.gsv_rank))
 
     def balance_loss(self, probs: Tensor, top_i: Tensor, mask: Tensor | None) -> Tensor:
         if not self.aux_enabled:
@@ -102,7 +150,11 @@ class SearchLoraMoELinear(LoraMoELinear):
         return loss
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank_mask={self.rank_mask_mode}"
+        return (
+            f"{super().extra_repr()}, rank_mask={self.rank_mask_mode}, "
+            f"expert_signal={self.expert_signal}, expert_credit={self.expert_credit}, "
+            f"rank_credit={self.rank_credit}"
+        )
 
 
 # -- model-level helpers ------------------------------------------------------------------
@@ -202,6 +254,9 @@ def inject_search_adapter(
     rank_mask: str = "soft",
     granularity: str = "module",
     seed: int = 0,
+    expert_signal: str = "logits",
+    expert_credit: str = "reference",
+    rank_credit: str = "reference",
 ) -> nn.Module:
     """Freeze ``model`` and wrap the named linear modules with :class:`SearchLoraMoELinear`."""
     names = list(names)
@@ -212,7 +267,15 @@ def inject_search_adapter(
 
     def factory(base, ranks, k, config=None, context=None):
         return SearchLoraMoELinear(
-            base, ranks, k, config=config, context=context, rank_mask_mode=rank_mask
+            base,
+            ranks,
+            k,
+            config=config,
+            context=context,
+            rank_mask_mode=rank_mask,
+            expert_signal=expert_signal,
+            expert_credit=expert_credit,
+            rank_credit=rank_credit,
         )
 
     inject_adapter(model, max_allocation(names, n_max, r_max, top_k), config, layer_factory=factory)

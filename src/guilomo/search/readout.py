@@ -36,8 +36,7 @@ from torch import Tensor
 
 from guilomo.allocation import Allocation, ModuleAllocation
 from guilomo.budget import Budget, BudgetError
-
-READOUT_MIN_EXPERTS = 2
+from guilomo.search.gsv import MIN_EXPERTS, selected_experts, selected_ranks
 
 
 @dataclass(frozen=True)
@@ -64,28 +63,16 @@ def collect_gsvs(model) -> dict[str, ModuleGSVs]:
     }
 
 
-def read_experts(s_expert: Tensor, min_experts: int = READOUT_MIN_EXPERTS) -> Tensor:
-    """Experts the sigmoid expert GSV(s) ``(..., n_max)`` keep: ``max(min_experts, argmax + 1)``,
-    at most ``n_max`` (shape ``(...)``, long; no host sync)."""
-    return (s_expert.argmax(-1) + 1).clamp(min=min_experts, max=s_expert.shape[-1])
-
-
-def read_ranks(s_rank: Tensor) -> Tensor:
-    """Rank of every expert from its sigmoid rank GSV ``(..., r_max)``: ``argmax + 1``."""
-    return s_rank.argmax(-1) + 1
-
-
 def read_allocation(
     gsvs: Mapping[str, ModuleGSVs],
     top_k: int = 2,
-    min_experts: int = READOUT_MIN_EXPERTS,
     meta: dict | None = None,
 ) -> Allocation:
-    """The allocation the GSVs select (method section 3)."""
+    """The allocation the GSVs select (method section 3), by the search's own rule."""
     modules = {}
     for name, g in gsvs.items():
-        experts = int(read_experts(g.expert, min_experts))
-        ranks = read_ranks(g.rank[:experts]).tolist()
+        experts = min(int(selected_experts(g.expert)), g.expert.numel())
+        ranks = selected_ranks(g.rank[:experts]).tolist()
         modules[name] = ModuleAllocation(tuple(int(r) for r in ranks))
     return Allocation(modules, top_k=top_k, meta=dict(meta or {}))
 
@@ -98,7 +85,7 @@ def boundary_confidence(s: Tensor, b: int, lo: int = 0) -> float:
 
 
 def minimum_allocation(
-    names: Sequence[str], min_experts: int = READOUT_MIN_EXPERTS, top_k: int = 2, **meta
+    names: Sequence[str], min_experts: int = MIN_EXPERTS, top_k: int = 2, **meta
 ) -> Allocation:
     """The smallest allocation budget fitting may reach: ``min_experts`` experts of rank 1."""
     return Allocation(
@@ -130,7 +117,7 @@ def fit_budget(
     budget: Budget,
     shapes: Mapping[str, tuple[int, int]],
     groups: Mapping[str, Sequence[str]] | None = None,
-    min_experts: int = READOUT_MIN_EXPERTS,
+    min_experts: int = MIN_EXPERTS,
 ) -> tuple[Allocation, FitReport]:
     """Remove the least confident units until ``allocation`` fits ``budget``.
 

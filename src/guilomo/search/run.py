@@ -65,6 +65,9 @@ def run_search(cfg: DictConfig) -> Path:
         rank_mask=settings.rank_mask,
         granularity=settings.granularity,
         seed=cfg.seed,
+        expert_signal=settings.expert_signal,
+        expert_credit=settings.expert_credit,
+        rank_credit=settings.rank_credit,
     )
     module = SearchModule(
         model,
