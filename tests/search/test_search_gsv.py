@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from guilomo.search.gsv import expert_mask, gsv_init, margin, rank_mask
+from guilomo.search.gsv import expert_gate, expert_mask, gsv_init, margin, rank_mask
 
 
 def leaf(values):
@@ -71,3 +71,27 @@ def test_init_is_seeded_softmax_of_randn_and_margin():
     assert torch.equal(a, b) and a.shape == (2, 8)
     torch.testing.assert_close(a.sum(-1), torch.ones(2))
     torch.testing.assert_close(margin(torch.tensor([0.1, 0.7, 0.4])), torch.tensor(0.3))
+
+
+def test_neighbour_credit_is_the_first_order_change_of_moving_the_boundary():
+    s = leaf([0.3, 0.8, 0.1, 0.2])  # q* = 1
+    mask = rank_mask(s, credit="neighbour")
+    assert mask.tolist() == [1.0, 1.0, 1e-4, 1e-4]
+    mask.backward(torch.tensor([2.0, 4.0, -6.0, 1.0], dtype=torch.float64))
+    # C = cumsum(delta) = [2, 6, 0, 1]; grad_j = C_j - C_{q*} = C_j - 6
+    torch.testing.assert_close(s.grad, torch.tensor([-4.0, 0.0, -6.0, -5.0], dtype=torch.float64))
+
+
+def test_expert_gate_keeps_the_prefix_with_the_floor_above_it():
+    s = leaf([0.9, 0.5, 0.2, 0.1])  # argmax 0 -> two experts kept, like the router mask
+    assert expert_gate(s).tolist() == [1.0, 1.0, 0.0, 0.0]
+    gate = expert_gate(s, "neighbour", floor=1e-4)
+    assert gate.tolist() == [1.0, 1.0, 1e-4, 1e-4]
+    gate.backward(torch.tensor([1.0, -2.0, 3.0, 5.0], dtype=torch.float64))
+    # boundary k* = 1, C = [1, -1, 2, 7]: grad = C - C_1
+    torch.testing.assert_close(s.grad, torch.tensor([2.0, 0.0, 3.0, 8.0], dtype=torch.float64))
+
+
+def test_unknown_credit_is_refused():
+    with pytest.raises(ValueError, match="credit='x'"):
+        rank_mask(leaf([0.1, 0.2]), credit="x")

@@ -156,3 +156,33 @@ def test_search_init_normal_reproduces_the_reference():
     model = tiny_llama()
     inject_search_adapter(model, linear_names(model), n_max=2, r_max=2)
     assert all(torch.count_nonzero(m.lora_B) == 0 for m in search_layers(model).values())
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_output_signal_forward_is_the_logit_signal_forward_plus_the_floor_probe(mode):
+    """expert_signal=output routes exactly as the reference; a dropped expert adds
+    floor x its LoRA output on every token (soft), nothing (hard)."""
+    ref = make_layer(mode=mode)
+    out = make_layer(mode=mode)
+    out.expert_signal, out.expert_credit = "output", "neighbour"
+    x = torch.randn(3, 5, 10)
+    kept = int(ref.current_experts())
+    assert kept < ref.n_max
+    extra = torch.zeros(3, 5, 6)
+    with torch.no_grad():
+        gate = ref.rank_lambda * rank_mask(torch.sigmoid(ref.gsv_rank), ref.rank_floor)
+        for e, sl in enumerate(ref.expert_slices()):
+            if e >= kept:  # probe weight 1 x gate floor x alpha / r_max
+                scale = ref.rank_scale[sl] * gate[e] * ref.rank_floor
+                extra += ((x @ ref.lora_A[sl].t()) * scale) @ ref.lora_B[:, sl].t()
+        torch.testing.assert_close(out(x), ref(x) + extra)
+
+
+def test_output_signal_gives_every_expert_gsv_entry_a_gradient_on_soft_masks():
+    layer = make_layer()
+    layer.expert_signal, layer.expert_credit = "output", "neighbour"
+    layer(torch.randn(3, 5, 10)).pow(2).sum().backward()
+    grad = layer.gsv_expert.grad
+    k = int(layer.current_experts()) - 1
+    assert grad[k] == 0  # the boundary itself: moving there changes nothing
+    assert torch.count_nonzero(grad) == grad.numel() - 1
