@@ -13,6 +13,8 @@
 #   TASKS    comma list (default: chatterbot_topic,bigbench_multiemo for cpu_twin,
 #            the paper's seven for paper)
 #   SEEDS    comma list (default 1,2,3); METHODS (default file,lora,uniform,mola_2468,alphalora,random)
+#   SEARCH_SEEDS  seeds to search (default SEEDS); e.g. SEARCH_SEEDS=1 TRAIN_ARGS=chain.search_seed=1
+#            searches once per task and fine-tunes every seed from that search
 #   PYTHON   (default .venv/bin/python); PROJECT_ROOT: where chains/<name>/ is written (default .)
 # Outputs: chains/<name>/search/<backbone>/<task>/seed<s>/allocation.json,
 # chains/<name>/train/<time>/<backbone>/<task>/<method>/seed<s>/metrics.json and
@@ -28,6 +30,7 @@ case "$name" in
 esac
 TASKS=${TASKS:-$default_tasks}
 SEEDS=${SEEDS:-1,2,3}
+SEARCH_SEEDS=${SEARCH_SEEDS:-$SEEDS}
 METHODS=${METHODS:-file,lora,uniform,mola_2468,alphalora,random}
 read -ra search_args <<< "${SEARCH_ARGS:-}"
 read -ra train_args <<< "${TRAIN_ARGS:-}"
@@ -40,7 +43,7 @@ sweep="$root/train/$stamp"
 echo "chain $name: tasks $TASKS, seeds $SEEDS, methods $METHODS -> $root"
 
 set -x
-"$PYTHON" search.py -m "experiment=${name}_search" "seed=$SEEDS" "task=$TASKS" \
+"$PYTHON" search.py -m "experiment=${name}_search" "seed=$SEARCH_SEEDS" "task=$TASKS" \
     "$@" "${search_args[@]}"
 # seed first: Hydra sweeps the first list slowest, so every finished seed is complete
 # a failed job does not stop the others (Hydra reports it at the end); tabulate what finished
