@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from guilomo.allocation import AllocationError
 from guilomo.budget import KINDS as BUDGET_KINDS
 from guilomo.budget import Budget
+from guilomo.rundir import claim
 
 BYTES_PER_TRAINABLE = 16  # fp32 weight + gradient + two Adam moments
 MEMORY_SHARE = 0.9  # the adapter's state may use at most this share of the device memory
@@ -216,8 +217,9 @@ def check_budget(cfg: DictConfig) -> None:
 def check_output_dir(
     cfg: DictConfig, stage: str, dirs: tuple[str, ...], files: tuple[str, ...]
 ) -> Path:
-    """The run folder can be written, its outputs are not blocked by a file or folder of the
-    wrong kind, and it does not hold another run's finished result."""
+    """The run folder can be written and is claimed for this run (:func:`guilomo.rundir.claim`),
+    its outputs are not blocked by a file or folder of the wrong kind, and it does not
+    hold another run's finished result."""
     out = Path(get(cfg, "paths.output_dir"))
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -229,6 +231,7 @@ def check_output_dir(
             f"paths.output_dir={out} cannot be written ({e.strerror}): choose a writable "
             "hydra.run.dir (or paths.output_dir)"
         ) from e
+    claim(out)  # no other live run may write here (a no-op when Hydra's callback claimed it)
     for name in dirs:
         if (out / name).exists() and not (out / name).is_dir():
             raise ConfigError(

@@ -30,6 +30,7 @@ from guilomo.pipeline import (
     run_dir,
 )
 from guilomo.utils.io import atomic_write_text
+from guilomo.utils.kept import keep_finished_work, last_checkpoint
 from guilomo.validate import train_fingerprint, validate_train
 
 log = logging.getLogger(__name__)
@@ -121,31 +122,36 @@ def run_train(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
 
-    model.eval()
-    metrics["finetuned"] = evaluate_datamodule(model, tokenizer, dm, cfg.eval)
-    if cfg.save_adapter:
-        save_adapter(model, out / "adapter", alloc, lora_cfg, base_model=cfg.backbone.id)
-    shapes = module_shapes(targets)
-    result = {
-        "method": alloc.method,
-        "task": cfg.task.id,
-        "backbone": cfg.backbone.id,
-        "num_layers": num_layers,
-        "allocation": {
-            "kind": cfg.allocation.kind,
-            "source": alloc.meta.get("source", cfg.allocation.kind),
-            "summary": alloc.summary(),
-        },
-        "trainable_params": n_params,
-        "budget": budget_record(cfg, alloc, shapes),
-        "search": search_record(alloc, cfg.allocation.get("path")),
-        "seed": cfg.seed,
-        "steps": trainer.global_step,
-        "metrics": metrics,
-    }
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=1) + "\n")
-    print(format_table(result))
-    print(f"metrics: {Path(out) / 'metrics.json'}")
+    # everything after training: the adapter first, then metrics.json, then the rest;
+    # a failure here names the finished work kept on disk
+    with keep_finished_work(last_checkpoint(trainer)) as kept:
+        if cfg.save_adapter:
+            kept.append(
+                save_adapter(model, out / "adapter", alloc, lora_cfg, base_model=cfg.backbone.id)
+            )
+        model.eval()
+        metrics["finetuned"] = evaluate_datamodule(model, tokenizer, dm, cfg.eval)
+        shapes = module_shapes(targets)
+        result = {
+            "method": alloc.method,
+            "task": cfg.task.id,
+            "backbone": cfg.backbone.id,
+            "num_layers": num_layers,
+            "allocation": {
+                "kind": cfg.allocation.kind,
+                "source": alloc.meta.get("source", cfg.allocation.kind),
+                "summary": alloc.summary(),
+            },
+            "trainable_params": n_params,
+            "budget": budget_record(cfg, alloc, shapes),
+            "search": search_record(alloc, cfg.allocation.get("path")),
+            "seed": cfg.seed,
+            "steps": trainer.global_step,
+            "metrics": metrics,
+        }
+        kept.append(atomic_write_text(out / "metrics.json", json.dumps(result, indent=1) + "\n"))
+        print(format_table(result))
+        print(f"metrics: {Path(out) / 'metrics.json'}")
     return result
 
 

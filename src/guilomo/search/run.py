@@ -27,6 +27,7 @@ from guilomo.search.layer import expert_groups, inject_search_adapter
 from guilomo.search.logging import log_heatmap, save_heatmap
 from guilomo.search.module import SearchModule
 from guilomo.search.readout import collect_gsvs, fit_budget, minimum_allocation, read_allocation
+from guilomo.utils.kept import keep_finished_work
 from guilomo.validate import search_fingerprint, validate_search
 
 ALLOCATION_FILE = "allocation.json"
@@ -120,10 +121,11 @@ def run_search(cfg: DictConfig) -> Path:
     if not trainer.is_global_zero:  # data-parallel: every process holds the same GSVs
         return path
     allocation.save(path)
-    if settings.heatmap:
-        title = f"{cfg.backbone.id} / {cfg.task.id}: {allocation.summary()}"
-        image = save_heatmap(allocation, out / HEATMAP_FILE, title=title)
-        log_heatmap(trainer.loggers, image)
+    if settings.heatmap:  # a plotting failure names the allocation.json just written
+        with keep_finished_work([path]):
+            title = f"{cfg.backbone.id} / {cfg.task.id}: {allocation.summary()}"
+            image = save_heatmap(allocation, out / HEATMAP_FILE, title=title)
+            log_heatmap(trainer.loggers, image)
     print(f"search: {allocation.summary()}, {allocation.meta['trainable_params']} params")
     print("\n".join(report_lines(diagnostics)))
     for warning in report_warnings(diagnostics):

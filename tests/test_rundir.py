@@ -1,0 +1,128 @@
+"""Runs never share a folder: default run folders are unique even for runs started in
+the same second, and a run refuses a folder another live run is using."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from guilomo.rundir import RunDirInUse, claim, release
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = [
+    "backbone=tiny_llama",
+    "callbacks=default",
+    "~callbacks.rich_progress_bar",
+    "~callbacks.lr_monitor",
+    "trainer.enable_progress_bar=false",
+    "trainer.max_steps=2",
+    "trainer.log_every_n_steps=1",
+    "task.datamodule.max_train_examples=16",
+    "task.datamodule.batch_size=4",
+    "allocation=lora",
+    "eval.limit=4",
+    "eval.zero_shot=false",
+]
+
+
+def _env(root: Path) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env["PROJECT_ROOT"] = str(root)  # paths.root_dir: outputs/ goes under the test's folder
+    env.pop("GUILOMO_RUN_DIR", None)
+    return env
+
+
+def test_two_runs_started_at_once_get_two_complete_folders(tmp_path):
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *FAST, f"seed={seed}"],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    printed = [re.search(r"metrics: (.*metrics\.json)", out).group(1) for out, _ in outs]
+    assert printed[0] != printed[1]
+    runs = sorted((tmp_path / "outputs" / "train" / "runs").iterdir())
+    assert len(runs) == 2 and {str(r / "metrics.json") for r in runs} == set(printed)
+    seeds = set()
+    for run in runs:
+        for name in (
+            "metrics.json",
+            "allocation.json",
+            "adapter/adapter_model.safetensors",
+            "checkpoints/last.ckpt",
+            ".hydra/config.yaml",
+            "csv/metrics.csv",
+        ):
+            assert (run / name).is_file(), run / name
+        seeds.add(json.loads((run / "metrics.json").read_text())["seed"])
+        assert OmegaConf.load(run / ".hydra" / "config.yaml").seed in seeds  # its own config
+        rows = (run / "csv" / "metrics.csv").read_text().strip().splitlines()
+        assert len(rows) <= 1 + 2 + 1  # header, 2 steps (+ an end row): not both runs' rows
+    assert seeds == {1, 2}
+
+
+def test_a_folder_in_use_is_refused(tmp_path):
+    run = tmp_path / "run"
+    claim(run)  # this test process is "the other run"
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *FAST, f"hydra.run.dir={run}"],
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert f"hydra.run.dir={run} is in use by another run (pid {os.getpid()}" in proc.stderr
+        assert not (run / ".hydra").exists() and not (run / "metrics.json").exists()
+    finally:
+        release(run)
+
+
+def test_claim_is_exclusive_between_processes_and_dropped_on_exit(tmp_path):
+    code = (
+        "import sys, time; from guilomo.rundir import claim; claim(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(tmp_path),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirInUse, match=f"in use by another run \\(pid {holder.pid}"):
+            claim(tmp_path)
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the lock
+        holder.wait()
+    claim(tmp_path)  # free again, as for resuming a killed run in its own folder
+    release(tmp_path)
+
+
+def test_default_folders_differ_for_runs_composed_in_the_same_second():
+    dirs = []
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for _ in range(2):
+            cfg = compose(config_name="train", return_hydra_config=True)
+            run, sweep = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
+            assert str(cfg.hydra.run.dir) == run  # stable within one config (cached)
+            dirs.append((run, sweep))
+    assert dirs[0][0] != dirs[1][0] and dirs[0][1] != dirs[1][1]
+    assert re.search(r"runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}$", dirs[0][0])
