@@ -158,3 +158,13 @@ def test_outer_passes_skip_val_aux_and_by_default_dropout():
             e, f = module.train_loss(batch), module.train_loss(batch)
             assert e != f  # the inner step always uses dropout
         assert all(m.dropout.training for m in module._layers.values())
+
+
+def test_outer_schedule_linear_decays_to_zero_and_constant_is_the_reference():
+    from guilomo.search.config import OuterOptim
+
+    linear, constant = OuterOptim(lr=0.1), OuterOptim(lr=0.1, schedule="constant")
+    assert [linear.lr_at(s, 10) for s in (0, 5, 9, 10)] == pytest.approx([0.1, 0.05, 0.01, 0.0])
+    assert [constant.lr_at(s, 10) for s in (0, 9)] == [0.1, 0.1]
+    with pytest.raises(ValueError, match="search.outer.schedule='cosine'"):
+        OuterOptim(schedule="cosine")

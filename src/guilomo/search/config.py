@@ -9,6 +9,7 @@ from guilomo.search.gsv import CREDITS, MIN_EXPERTS, RANK_FLOORS
 from guilomo.search.layer import EXPERT_SIGNALS, GRANULARITIES
 
 VAL_SOURCES = ("heldout", "alternate")
+OUTER_SCHEDULES = ("linear", "constant")
 
 
 @dataclass
@@ -32,11 +33,29 @@ class InnerOptim:
 
 @dataclass
 class OuterOptim:
-    """Adam on the GSVs (the reference: lr 3e-3, betas (0.5, 0.999), no weight decay)."""
+    """Adam on the GSVs (the reference: lr 3e-3 constant, betas (0.5, 0.999), no weight decay).
 
-    lr: float = 1e-2
+    ``schedule="linear"`` decays the learning rate linearly from ``lr`` at step 0 to 0 at
+    the last real step, so the read-out settles; it is a function of the step alone
+    (nothing to checkpoint). ``constant`` is the reference.
+    """
+
+    lr: float = 2e-2
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 0.0
+    schedule: str = "linear"
+
+    def __post_init__(self):
+        if self.schedule not in OUTER_SCHEDULES:
+            raise ValueError(
+                f"search.outer.schedule='{self.schedule}' is not one of {list(OUTER_SCHEDULES)}"
+            )
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """Learning rate of the outer step made at real step ``step`` (0-based) of ``total_steps``."""
+        if self.schedule == "constant":
+            return self.lr
+        return self.lr * max(0.0, 1.0 - step / max(1, total_steps))
 
 
 @dataclass

@@ -272,13 +272,15 @@ class SearchModule(L.LightningModule):
         else:
             train_batch, val_batch = batch, self.next_val_batch()
 
-        inner, _ = self.optimizers()
+        inner, outer = self.optimizers()
         sched = self.lr_schedulers()
         step = self.global_step
         if not self.diagnostics.started:  # the read-out of the initial GSVs
             self.diagnostics.start(self.selection(), step)
         val_loss = None
         if self.settings.outer_due(step):
+            for group in outer.optimizer.param_groups:
+                group["lr"] = self.settings.outer.lr_at(step, self.total_steps)
             xi = inner.optimizer.param_groups[0]["lr"]
             val_loss = self.architect.step(train_batch, val_batch, xi)
 
