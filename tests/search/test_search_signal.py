@@ -97,14 +97,6 @@ def search(kind: str, seed: int, experts: int, rank: int, steps: int = 300, **cr
     return e, float(layer.current_ranks()[:e].float().mean())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 def test_default_grows_rank_where_the_target_needs_it(seed):
     experts, rank = search("rank", seed, experts=4, rank=2)
