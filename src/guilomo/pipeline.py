@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from guilomo.budget import Budget
 from guilomo.moe import LoraMoEConfig, find_targets
+from guilomo.utils.loggers import RunIdentity, with_identity
 
 
 def build_backbone(cfg: DictConfig):
@@ -44,14 +45,24 @@ def build_budget(cfg: DictConfig, shapes=None) -> Budget:
     return Budget.from_config(_plain(cfg.get("budget")), shapes)
 
 
-def build_trainer(cfg: DictConfig, **overrides):
-    """Lightning Trainer from ``cfg.trainer`` with the configured loggers and callbacks."""
-    loggers = _instantiate_all(cfg.get("logger"))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+def build_trainer(
+    cfg: DictConfig, identity: RunIdentity | None = None, extra_callbacks=(), **overrides
+):
+    """Lightning Trainer from ``cfg.trainer`` with the configured loggers and callbacks.
+
+    ``identity`` names the W&B run where the logger config leaves name/group/tags null.
+    A run shorter than ``log_every_n_steps`` logs at its last step instead of never.
+    """
+    loggers = _instantiate_all(with_identity(cfg.get("logger"), identity))
+    callbacks = _instantiate_all(cfg.get("callbacks")) + list(extra_callbacks)
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     if not overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar", True)):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    max_steps = overrides.get("max_steps", cfg.trainer.get("max_steps")) or -1
+    every = overrides.get("log_every_n_steps", cfg.trainer.get("log_every_n_steps"))
+    if every and 0 < max_steps < every:
+        overrides["log_every_n_steps"] = max_steps
     return hydra.utils.instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, **overrides
     )

@@ -1,10 +1,9 @@
-"""The allocation heatmap: grid, PNG file, W&B image logging."""
+"""The allocation heatmap: grid, PNG file."""
 
 import numpy as np
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from guilomo.allocation import Allocation, ModuleAllocation
-from guilomo.search.logging import allocation_grid, log_heatmap, save_heatmap
+from guilomo.search.logging import allocation_grid, save_heatmap
 
 
 def alloc():
@@ -24,13 +23,6 @@ def test_grid_has_layers_by_module_kind():
     assert ranks[0].tolist() == [6.0, 2.0] and ranks[1, 0] == 2.0
 
 
-def test_heatmap_png_and_wandb_image(tmp_path, monkeypatch):
+def test_heatmap_png(tmp_path):
     path = save_heatmap(alloc(), tmp_path / "h.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    logged = []
-    monkeypatch.setattr(
-        WandbLogger, "log_image", lambda self, key, images: logged.append((key, images))
-    )
-    wandb = WandbLogger.__new__(WandbLogger)  # no run is started
-    log_heatmap([CSVLogger(tmp_path), wandb], path)
-    assert logged == [("allocation/heatmap", [str(path)])]

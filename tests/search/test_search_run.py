@@ -2,10 +2,12 @@
 validates against the model, fits its budget and can be injected for fine-tuning."""
 
 import csv
+import json
 
 import pytest
 import torch
 from compose import compose_cfg, options
+from omegaconf import OmegaConf
 
 from guilomo.allocation import Allocation
 from guilomo.backbone import load_backbone
@@ -52,7 +54,7 @@ def check_allocation(path, cfg):
 
 
 def test_search_writes_a_usable_allocation(tmp_path, capsys):
-    cfg = compose_cfg("search", [*FAST, "logger=csv"], tmp_path)
+    cfg = compose_cfg("search", [*FAST, "logger=[csv,tensorboard]"], tmp_path)
     path = run_search(cfg)
     assert path == tmp_path / "allocation.json"
     last = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("allocation: ")][-1]
@@ -63,6 +65,26 @@ def test_search_writes_a_usable_allocation(tmp_path, capsys):
     columns = set(rows[0])
     for key in ("train/loss", "val/loss", "alloc/experts_mean", "modules/L0.q_proj/experts"):
         assert key in columns, key
+    # the run's record and what every logger got at the end
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    alloc = Allocation.load(path)
+    assert saved["method"] == "guilomo" and saved["variant"] == "first_order"
+    assert saved["scalars"]["model/trainable_params"] == alloc.meta["trainable_params"]
+    assert saved["scalars"]["alloc/experts_total"] == alloc.total_experts
+    assert 0 < saved["scalars"]["val/final_loss"] < 20  # random tiny model: ~ln(vocab)
+    assert saved["budget"] == {
+        "kind": "none",
+        "value": None,
+        "spent": alloc.meta["trainable_params"],
+    }
+    assert rows[-1]["val/final_loss"] and float(rows[-1]["val/final_loss"]) == pytest.approx(
+        saved["scalars"]["val/final_loss"]
+    )
+    table = list(csv.reader((tmp_path / "csv" / "allocation_table.csv").open()))
+    assert len(table) == 1 + len(alloc.modules)
+    assert OmegaConf.load(tmp_path / "csv" / "hparams.yaml").search.order == "first"
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and sum(e.stat().st_size for e in events) > 10_000  # includes the heatmap
 
 
 def test_search_second_order_under_a_params_budget(tmp_path):

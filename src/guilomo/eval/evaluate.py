@@ -18,7 +18,7 @@ apply. Metrics: :mod:`guilomo.eval.metrics`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from guilomo.eval.answer import extract_answer, is_correct, option_index, option_keys
 from guilomo.eval.generate import generate
@@ -63,6 +63,7 @@ def evaluate(
     max_length: int | None = None,
     return_predictions: bool = False,
     share_prompt: bool = True,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> dict:
     """Metrics of ``model`` on the prompts: ``{metric: value, ..., "n", "invalid", "mode"}``.
 
@@ -70,7 +71,8 @@ def evaluate(
     ``max_length`` caps prompt (+ option) tokens, keeping the end of the prompt.
     With ``return_predictions`` the result also holds ``predictions`` (option index or
     normalised answer, ``None`` if unreadable), ``targets`` and, for ``generate``,
-    ``outputs`` (the generated texts).
+    ``outputs`` (the generated texts). ``progress`` wraps the loop over batches
+    (a progress display, :func:`guilomo.utils.progress.eval_progress`).
     """
     if mode not in MODES:
         raise ValueError(f"mode '{mode}' is not one of {list(MODES)}")
@@ -96,6 +98,7 @@ def evaluate(
             batch_size,
             stop=stop,
             max_prompt_tokens=max_length,
+            progress=progress,
         )
 
     if options is None:
@@ -123,6 +126,7 @@ def evaluate(
                 padding_side,
                 max_length,
                 share_prompt=share_prompt,
+                progress=progress,
             )
             preds = scores.predictions(normalize_scores)
         else:

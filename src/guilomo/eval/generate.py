@@ -10,7 +10,7 @@ An optional ``stop`` list cuts each output at the first stop string.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from transformers import GenerationConfig
@@ -54,10 +54,12 @@ def generate(
     batch_size: int = 8,
     stop: Sequence[str] | None = None,
     max_prompt_tokens: int | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> list[str]:
     """Greedy continuation of every prompt (new text only), batched with left padding.
 
-    ``max_prompt_tokens`` keeps only the last that many prompt tokens.
+    ``max_prompt_tokens`` keeps only the last that many prompt tokens; ``progress``
+    wraps the loop over batches (a progress display).
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch_size and max_new_tokens must be >= 1")
@@ -84,7 +86,7 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), batch_size):
+        for start in (progress or iter)(range(0, len(order), batch_size)):
             idx = order[start : start + batch_size]
             ids, mask = left_pad([encoded[i] for i in idx], pad_id)
             out = model.generate(

@@ -23,7 +23,7 @@ Ties go to the first option.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -103,18 +103,22 @@ def score_options(
     padding_side: str = "right",
     max_length: int | None = None,
     share_prompt: bool = False,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> OptionScores:
     """Summed log-probability of every option of every prompt (see the module docstring).
 
     ``share_prompt`` runs each prompt once and scores its options from the prompt's
     key/value cache (:func:`score_options_cached`): the same scores, k times less work
-    for k options; ``batch_size`` then counts prompts.
+    for k options; ``batch_size`` then counts prompts. ``progress`` wraps the loop over
+    batches (a progress display, :func:`guilomo.utils.progress.eval_progress`).
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     _check_inputs(prompts, options, batch_size)
     if share_prompt:
-        return score_options_cached(model, tokenizer, prompts, options, batch_size, max_length)
+        return score_options_cached(
+            model, tokenizer, prompts, options, batch_size, max_length, progress
+        )
     items = []  # (example, option, ids, n_option)
     for i, (prompt, opts) in enumerate(zip(prompts, options, strict=True)):
         if not opts:
@@ -135,7 +139,7 @@ def score_options(
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(items), batch_size):
+        for start in (progress or iter)(range(0, len(items), batch_size)):
             batch = items[start : start + batch_size]
             width = max(len(it[2]) for it in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -189,6 +193,7 @@ def score_options_cached(
     options: Sequence[Sequence[str]],
     batch_size: int = 8,
     max_length: int | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> OptionScores:
     """Like :func:`score_options`, but every prompt goes through the model once.
 
@@ -216,7 +221,7 @@ def score_options_cached(
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(order), batch_size):
+        for start in (progress or iter)(range(0, len(order), batch_size)):
             rows = order[start : start + batch_size]
             width = max(len(enc[i][0]) for i in rows)
             ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

@@ -2,7 +2,8 @@
 
 ``mode=loglik`` ranks the options of multiple-choice tasks by log-likelihood;
 ``mode=generate`` decodes greedily and reads the answer with the task's regex.
-Free-form tasks always use generation.
+Free-form tasks always use generation. A progress bar named ``description`` shows
+the batches unless ``eval.progress`` is false.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import torch
 
 from guilomo.eval.evaluate import evaluate
+from guilomo.utils.progress import eval_progress
 
 
-def evaluate_datamodule(model, tokenizer, dm, eval_cfg) -> dict:
+def evaluate_datamodule(model, tokenizer, dm, eval_cfg, description: str = "test") -> dict:
     if not getattr(dm, "test_examples", None):
         dm.setup("test")
     examples = list(dm.test_examples)
@@ -40,6 +42,7 @@ def evaluate_datamodule(model, tokenizer, dm, eval_cfg) -> dict:
             metrics=list(spec.metrics),
             batch_size=int(eval_cfg.batch_size),
             max_new_tokens=int(eval_cfg.max_new_tokens),
+            progress=eval_progress(description, bool(eval_cfg.get("progress", True))),
         )
     model.train(was_training)
     result["n"] = len(examples)

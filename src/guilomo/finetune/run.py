@@ -4,13 +4,16 @@
 by ``search.py`` or a baseline generated for this backbone, optionally scaled to the
 budget), scores the untouched backbone (zero-shot), trains, scores again, and writes
 ``metrics.json``, the adapter folder and Lightning checkpoints into the run dir.
+Every configured logger gets the resolved config, the allocation (table and heatmap),
+the zero-shot and fine-tuned test metrics (``test/<stage>/<metric>``), the final
+validation loss, trainable parameters, budget and the router usage per module
+(``result["scalars"]`` holds the numbers, under the same names).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +22,8 @@ from guilomo.allocation import Allocation, AllocationError
 from guilomo.baselines import make_baseline
 from guilomo.finetune.evaluation import evaluate_datamodule
 from guilomo.finetune.module import FinetuneModule
+from guilomo.finetune.usage import COLUMNS as USAGE_COLUMNS
+from guilomo.finetune.usage import RouterUsage
 from guilomo.moe import inject_adapter, module_shapes, save_adapter, trainable_parameters
 from guilomo.pipeline import (
     build_backbone,
@@ -29,11 +34,23 @@ from guilomo.pipeline import (
     build_trainer,
     run_dir,
 )
+from guilomo.search.logging import save_heatmap
 from guilomo.utils.io import atomic_write_text
 from guilomo.utils.kept import keep_finished_work, last_checkpoint
+from guilomo.utils.loggers import (
+    allocation_scalars,
+    config_params,
+    log_allocation,
+    log_final,
+    log_params,
+    log_table,
+    run_identity,
+)
+from guilomo.utils.task import task_wrapper
 from guilomo.validate import train_fingerprint, validate_train
 
 log = logging.getLogger(__name__)
+HEATMAP_FILE = "allocation_heatmap.png"
 
 
 def resolve_allocation(cfg: DictConfig, targets: dict, num_layers: int) -> Allocation:
@@ -87,6 +104,25 @@ def search_record(alloc: Allocation, path: str | None) -> dict | None:
     }
 
 
+def result_scalars(result: dict, val: dict | None = None) -> dict[str, float]:
+    """The numbers of a result under the names every logger gets."""
+    out = {
+        f"test/{stage}/{k}": float(v)
+        for stage, vals in result["metrics"].items()
+        for k, v in vals.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    out["model/trainable_params"] = result["trainable_params"]
+    budget = result.get("budget") or {}
+    if budget.get("value") is not None:
+        out["budget/value"] = budget["value"]
+    if budget.get("spent") is not None:
+        out["budget/spent"] = budget["spent"]
+    out.update({k: float(v) for k, v in (val or {}).items() if k.startswith("val/")})
+    return out
+
+
+@task_wrapper
 def run_train(cfg: DictConfig) -> dict:
     validate_train(cfg)  # every check that needs no weights, before the backbone loads
     L.seed_everything(cfg.seed, workers=True)
@@ -94,15 +130,20 @@ def run_train(cfg: DictConfig) -> dict:
     model, tokenizer = build_backbone(cfg)
     num_layers = model.config.num_hidden_layers
     targets = build_targets(cfg, model)
+    shapes = module_shapes(targets)
     alloc = resolve_allocation(cfg, targets, num_layers)
     alloc.save(out / "allocation.json")
-    log.info("allocation: %s", alloc.summary())
+    method, budget = alloc.method, budget_record(cfg, alloc, shapes)
+    log.info("allocation (%s): %s", method, alloc.summary())
+    heatmap = save_heatmap(
+        alloc, out / HEATMAP_FILE, title=f"{method} on {cfg.backbone.id}: {alloc.summary()}"
+    )
 
     dm = build_datamodule(cfg, tokenizer)
     dm.setup("fit")
     metrics: dict = {}
     if cfg.eval.zero_shot:
-        metrics["zero_shot"] = evaluate_datamodule(model, tokenizer, dm, cfg.eval)
+        metrics["zero_shot"] = evaluate_datamodule(model, tokenizer, dm, cfg.eval, "zero-shot test")
 
     lora_cfg = build_lora_config(cfg)
     inject_adapter(model, alloc, lora_cfg)
@@ -119,8 +160,21 @@ def run_train(cfg: DictConfig) -> dict:
         sparse_logits=cfg.get("sparse_logits", True),
         run_info=train_fingerprint(cfg, num_layers, alloc),
     )
-    trainer = build_trainer(cfg)
+    order = alloc.meta.get("order") if method == "guilomo" else None  # search variant
+    variant = f"{order}_order" if order else None
+    identity = run_identity(
+        "train", method, cfg.backbone.id, cfg.task.id, budget, cfg.seed, variant
+    )
+    usage = RouterUsage()
+    trainer = build_trainer(cfg, identity=identity, extra_callbacks=[usage])
+    params = config_params(
+        cfg, method=method, variant=variant, budget=budget, trainable_params=n_params
+    )
+    log_params(trainer.loggers, params)
+    log_allocation(trainer.loggers, alloc, heatmap, step=0)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    # the final held-out loss (and router usage): Lightning's validation loop
+    val = trainer.validate(module, datamodule=dm, verbose=False)[0] if dm.val_data else {}
 
     # everything after training: the adapter first, then metrics.json, then the rest;
     # a failure here names the finished work kept on disk
@@ -130,10 +184,11 @@ def run_train(cfg: DictConfig) -> dict:
                 save_adapter(model, out / "adapter", alloc, lora_cfg, base_model=cfg.backbone.id)
             )
         model.eval()
-        metrics["finetuned"] = evaluate_datamodule(model, tokenizer, dm, cfg.eval)
-        shapes = module_shapes(targets)
+        metrics["finetuned"] = evaluate_datamodule(
+            model, tokenizer, dm, cfg.eval, "fine-tuned test"
+        )
         result = {
-            "method": alloc.method,
+            "method": method,
             "task": cfg.task.id,
             "backbone": cfg.backbone.id,
             "num_layers": num_layers,
@@ -143,15 +198,21 @@ def run_train(cfg: DictConfig) -> dict:
                 "summary": alloc.summary(),
             },
             "trainable_params": n_params,
-            "budget": budget_record(cfg, alloc, shapes),
+            "budget": budget,
             "search": search_record(alloc, cfg.allocation.get("path")),
             "seed": cfg.seed,
             "steps": trainer.global_step,
             "metrics": metrics,
         }
-        kept.append(atomic_write_text(out / "metrics.json", json.dumps(result, indent=1) + "\n"))
-        print(format_table(result))
-        print(f"metrics: {Path(out) / 'metrics.json'}")
+        result["scalars"] = {**result_scalars(result, val), **allocation_scalars(alloc)}
+        path = atomic_write_text(out / "metrics.json", json.dumps(result, indent=1) + "\n")
+        kept.append(path)
+        log_final(trainer.loggers, params, result["scalars"], step=trainer.global_step)
+        if usage.shares:
+            log_table(
+                trainer.loggers, "router/usage", USAGE_COLUMNS, usage.rows(), trainer.global_step
+            )
+        log.info("results\n%s\nmetrics: %s", format_table(result), path)
     return result
 
 

@@ -1,4 +1,6 @@
-"""Pictures of an allocation: a layer x module heatmap of expert counts and mean ranks."""
+"""Pictures of an allocation: a layer x module heatmap of expert counts and mean ranks.
+
+(Sending it to the loggers: :func:`guilomo.utils.loggers.log_allocation`.)"""
 
 from __future__ import annotations
 
@@ -59,14 +61,3 @@ def save_heatmap(allocation: Allocation, path: str | Path, title: str | None = N
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
-
-
-def log_heatmap(loggers, path: str | Path, key: str = "allocation/heatmap") -> None:
-    """Log the heatmap image to every W&B logger among ``loggers`` (others keep the file)."""
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:  # pragma: no cover
-        return
-    for logger in loggers or []:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[str(path)])

@@ -1,13 +1,22 @@
-"""``run_search(cfg)``: the whole search stage, from a composed Hydra config to ``allocation.json``."""
+"""``run_search(cfg)``: the whole search stage, from a composed Hydra config to ``allocation.json``.
+
+Besides the allocation (and its heatmap), the run dir gets ``metrics.json``; every
+configured logger gets the resolved config, the allocation (table and heatmap) and the
+final numbers (``scalars`` of ``metrics.json``): the held-out loss of the searched
+model (``val/final_loss``, the outer objective), trainable parameters and the budget.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import time
 import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from guilomo.budget import Budget
@@ -24,20 +33,52 @@ from guilomo.pipeline import (
 from guilomo.search.config import SearchSettings
 from guilomo.search.diagnostics import SearchWarning, report_lines, report_warnings
 from guilomo.search.layer import expert_groups, inject_search_adapter
-from guilomo.search.logging import log_heatmap, save_heatmap
+from guilomo.search.logging import save_heatmap
 from guilomo.search.module import SearchModule
 from guilomo.search.readout import collect_gsvs, fit_budget, minimum_allocation, read_allocation
 from guilomo.utils.kept import keep_finished_work
+from guilomo.utils.io import atomic_write_text
+from guilomo.utils.loggers import (
+    allocation_scalars,
+    config_params,
+    log_allocation,
+    log_final,
+    log_params,
+    run_identity,
+)
+from guilomo.utils.progress import eval_progress
+from guilomo.utils.task import task_wrapper
 from guilomo.validate import search_fingerprint, validate_search
 
+log = logging.getLogger(__name__)
 ALLOCATION_FILE = "allocation.json"
 HEATMAP_FILE = "allocation_heatmap.png"
+METRICS_FILE = "metrics.json"
+IGNORE = -100
 
 
 def search_settings(cfg: DictConfig) -> SearchSettings:
     return SearchSettings.from_dict(OmegaConf.to_container(cfg.search, resolve=True))
 
 
+@torch.no_grad()
+def heldout_loss(module: SearchModule, datamodule, progress=None) -> float | None:
+    """Mean L_val per target token over the whole held-out split (``None`` if it is empty)."""
+    was_training = module.model.training
+    module.model.eval()
+    total, tokens = 0.0, 0
+    try:
+        for batch in (progress or iter)(datamodule.val_dataloader()):
+            batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            n = int((batch["labels"][:, 1:] != IGNORE).sum())
+            total += float(module.val_loss(batch)) * n
+            tokens += n
+    finally:
+        module.model.train(was_training)
+    return total / tokens if tokens else None
+
+
+@task_wrapper
 def run_search(cfg: DictConfig) -> Path:
     """Search, read out, fit the budget, write ``<run dir>/allocation.json``; returns its path."""
     started = time.perf_counter()
@@ -77,10 +118,18 @@ def run_search(cfg: DictConfig) -> Path:
         aux_reduction=lora.aux_reduction,
         run_info=search_fingerprint(cfg, model.config.num_hidden_layers, names, settings),
     )
+    method, variant = "guilomo", f"{settings.order}_order"
+    identity = run_identity(
+        "search", method, cfg.backbone.id, cfg.task.id, budget.to_dict(), cfg.seed, variant
+    )
     # the search has no validation loop: held-out batches feed the outer step instead
-    trainer = build_trainer(cfg, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = build_trainer(cfg, identity=identity, limit_val_batches=0, num_sanity_val_steps=0)
+    params = config_params(cfg, method=method, variant=variant)
+    log_params(trainer.loggers, params)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     search_seconds = time.perf_counter() - started
+    show = bool(cfg.trainer.get("enable_progress_bar", True))
+    val_loss = heldout_loss(module, datamodule, eval_progress("held-out loss", show))
 
     out = run_dir(cfg)
     gsvs = collect_gsvs(model)
@@ -121,12 +170,50 @@ def run_search(cfg: DictConfig) -> Path:
     if not trainer.is_global_zero:  # data-parallel: every process holds the same GSVs
         return path
     allocation.save(path)
-    if settings.heatmap:  # a plotting failure names the allocation.json just written
-        with keep_finished_work([path]):
+    image = None
+    # a failure after this point (plot, loggers, metrics.json) names the allocation kept
+    with keep_finished_work([path]) as kept:
+        if settings.heatmap:
             title = f"{cfg.backbone.id} / {cfg.task.id}: {allocation.summary()}"
             image = save_heatmap(allocation, out / HEATMAP_FILE, title=title)
-            log_heatmap(trainer.loggers, image)
-    print(f"search: {allocation.summary()}, {allocation.meta['trainable_params']} params")
+        spent = budget.measure(allocation, shapes)
+        result = {
+            "stage": "search",
+            "method": method,
+            "variant": variant,
+            "task": cfg.task.id,
+            "backbone": cfg.backbone.id,
+            "allocation": {"path": str(path), "summary": allocation.summary()},
+            "trainable_params": allocation.meta["trainable_params"],
+            "budget": {**budget.to_dict(), "spent": spent},
+            "seed": int(cfg.seed),
+            "steps": int(trainer.global_step),
+            "search_seconds": round(search_seconds, 1),
+        }
+        scalars = {
+            "model/trainable_params": result["trainable_params"],
+            "budget/spent": spent,
+            **({"budget/value": budget.value} if budget.active else {}),
+            **({"val/final_loss": val_loss} if val_loss is not None else {}),
+            "search/seconds": result["search_seconds"],
+            **allocation_scalars(allocation),
+            # did the search move off its seeded start (issue 12's diagnostics)
+            **{
+                f"search/{k}": float(diagnostics[k])
+                for k in ("unchanged", "converged", "expert_flips", "rank_flips")
+                if isinstance(diagnostics.get(k), (bool, int, float))
+            },
+        }
+        result["scalars"] = scalars
+        log_allocation(trainer.loggers, allocation, image, step=trainer.global_step)
+        log_final(trainer.loggers, params, scalars, step=trainer.global_step)
+        kept.append(atomic_write_text(out / METRICS_FILE, json.dumps(result, indent=1) + "\n"))
+        log.info(
+            "search: %s, %d params, held-out loss %s",
+            allocation.summary(),
+            result["trainable_params"],
+            "-" if val_loss is None else f"{val_loss:.4f}",
+        )
     print("\n".join(report_lines(diagnostics)))
     for warning in report_warnings(diagnostics):
         warnings.warn(warning, SearchWarning, stacklevel=2)

@@ -1,0 +1,117 @@
+"""The task wrapper of both entry points (lightning-hydra-template's ``task_wrapper``).
+
+One job of a Hydra run or multirun is one call of a wrapped run function:
+
+- the console shows each log line once: the ``lightning`` package puts its own stderr
+  handler on its loggers; while Hydra's handlers are on the root logger they go;
+- a W&B run started during the call is finished when the call returns or raises, so
+  the next job in the same process (basic launcher, joblib's reused workers) gets a
+  run of its own, and a later job's failure never closes an earlier job's good run;
+- an exception is written to the job's log (Hydra's ``<job name>.log``) and into the
+  W&B run (summary ``error/type``, ``error/message``, ``error/traceback``, exit code
+  1), then re-raised.
+
+``metric_value`` is what ``main()`` returns to a sweeper: the scalar named by
+``optimized_metric`` (see ``conf/hparams_search/``) among the run's ``scalars`` (the
+numbers its loggers got, also in ``metrics.json``; :func:`read_scalars`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
+class _DropTip(logging.Filter):
+    """Lightning advertises a hosted logger on every Trainer construction."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+_TIP_FILTER = _DropTip()
+
+
+def tidy_console_logging() -> None:
+    """Leave one handler per log line: Hydra's, when Hydra has configured logging.
+
+    Also drops two lines of noise that are not about the run: Lightning's hosted-logger
+    tip and its own deprecation warning about torch's pytree API.
+    """
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_TIP_FILTER)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    if not logging.getLogger().handlers:  # no Hydra: keep Lightning's own console output
+        return
+    for name in LIGHTNING_LOGGERS:
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            if type(h) is logging.StreamHandler:  # Lightning's; Hydra's sit on the root
+                lg.removeHandler(h)
+        lg.propagate = True
+
+
+def _current_wandb_run():
+    wandb = sys.modules.get("wandb")  # never imported: no run can exist
+    return getattr(wandb, "run", None) if wandb is not None else None
+
+
+def _record_failure(run, exc: BaseException) -> None:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        run.summary["error/type"] = type(exc).__name__
+        run.summary["error/message"] = str(exc)[:2000]
+        run.summary["error/traceback"] = text[-8000:]
+    except Exception:  # the run may itself be what failed; the job log has the error
+        log.warning("could not record the error in the W&B run", exc_info=True)
+
+
+def task_wrapper(fn: Callable) -> Callable:
+    """Wrap a run function ``fn(cfg)`` (see the module docstring); returns what ``fn`` returns."""
+
+    @functools.wraps(fn)
+    def wrap(cfg, *args, **kwargs):
+        tidy_console_logging()
+        before = _current_wandb_run()  # a caller's own run (e.g. a W&B sweep agent) stays open
+        failed = False
+        try:
+            return fn(cfg, *args, **kwargs)
+        except BaseException as exc:
+            failed = True
+            log.exception("%s failed: %s: %s", fn.__name__, type(exc).__name__, exc)
+            run = _current_wandb_run()
+            if run is not None and run is not before:
+                _record_failure(run, exc)
+            raise
+        finally:
+            run = _current_wandb_run()
+            if run is not None and run is not before:
+                run.finish(exit_code=1 if failed else 0)
+
+    return wrap
+
+
+def metric_value(scalars: Mapping[str, float], name: str | None) -> float | None:
+    """``scalars[name]`` as a float (``None`` when no metric is named), for a sweeper."""
+    if not name:
+        return None
+    if name not in scalars:
+        raise KeyError(
+            f"optimized_metric={name!r} is not among this run's metrics {sorted(scalars)}; "
+            "set optimized_metric to one of them"
+        )
+    return float(scalars[name])
+
+
+def read_scalars(run_dir) -> dict[str, float]:
+    """The ``scalars`` of ``<run_dir>/metrics.json`` (the numbers the loggers got)."""
+    return json.loads((Path(run_dir) / "metrics.json").read_text())["scalars"]
