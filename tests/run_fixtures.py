@@ -88,13 +88,16 @@ def make_runs(root: Path) -> dict:
                 write_run(root / "multirun" / str(job), task, method, seed, with_method=not old)
                 values.setdefault((task, method), {})[seed] = accuracy(task, method, seed)
                 job += 1
-    # a search run: no metrics.json, and none expected
+    # a search run: its metrics.json (stage "search") is not a row of the table
     search = root / "search_run"
     (search / ".hydra").mkdir(parents=True)
     (search / ".hydra" / "config.yaml").write_text(
         yaml.safe_dump({"task_name": "search", "search": {}})
     )
     _allocation("guilomo", TASKS[0]).save(search / "allocation.json")
+    (search / "metrics.json").write_text(
+        json.dumps({"stage": "search", "method": "guilomo", "task": TASKS[0], "scalars": {}})
+    )
     # a fine-tune run that died before metrics.json
     dead = root / "multirun" / "dead"
     (dead / ".hydra").mkdir(parents=True)

@@ -7,7 +7,7 @@ Every folder under the given ones that holds a ``metrics.json`` (written by
 ``train.py``) is a run. A fine-tune run folder (its ``.hydra/config.yaml`` has an
 ``allocation``) without ``metrics.json``, and a ``metrics.json`` that is not valid
 JSON or lacks the fields below, are skipped with a warning naming the file. Search
-run folders are not runs of the table (their time is carried by the fine-tune runs
+run folders (their ``metrics.json`` says ``"stage": "search"``) are not runs of the table (their time is carried by the fine-tune runs
 that used their allocation).
 
 The table has one row per method (named exactly: ``guilomo``, ``lora``, ``uniform``,
@@ -119,6 +119,8 @@ def read_run(path: Path) -> Run | None:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         _warn(f"skipping {path}: not valid JSON ({e})")
         return None
+    if isinstance(data, dict) and data.get("stage") == "search":
+        return None  # a search run: not a row of the table
     missing = [
         k for k in ("task", "backbone", "metrics") if not isinstance(data, dict) or k not in data
     ]

@@ -188,6 +188,7 @@ def run_train(cfg: DictConfig) -> dict:
             model, tokenizer, dm, cfg.eval, "fine-tuned test"
         )
         result = {
+            "stage": "train",
             "method": method,
             "task": cfg.task.id,
             "backbone": cfg.backbone.id,
