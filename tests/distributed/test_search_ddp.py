@@ -106,8 +106,9 @@ def test_search_ddp_two_processes_equals_one_process(tmp_path, order, monkeypatc
 
     assert not rows(r0) & rows(r1)
 
-    # rank zero alone wrote the allocation (no other process's file, one write)
-    assert sorted(p.name for p in run.iterdir() if p.suffix == ".json") == ["allocation.json"]
+    # rank zero alone wrote the allocation and metrics (no other process's file, one write)
+    written = sorted(p.name for p in run.iterdir() if p.suffix == ".json")
+    assert written == ["allocation.json", "metrics.json"]
     ddp_alloc = Allocation.load(run / "allocation.json")
 
     ref_alloc, ref_gsv = _single_process_reference(tmp_path, overrides, records, monkeypatch)
