@@ -36,8 +36,8 @@ from guilomo.search.layer import expert_groups, inject_search_adapter
 from guilomo.search.logging import save_heatmap
 from guilomo.search.module import SearchModule
 from guilomo.search.readout import collect_gsvs, fit_budget, minimum_allocation, read_allocation
-from guilomo.utils.kept import keep_finished_work
 from guilomo.utils.io import atomic_write_text
+from guilomo.utils.kept import keep_finished_work
 from guilomo.utils.loggers import (
     allocation_scalars,
     config_params,
