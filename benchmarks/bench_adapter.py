@@ -19,7 +19,7 @@ slows the memory-bound parts of the adapters (x/floor moves by ~+-0.05 between
 runs on this 2-core machine).
 
 The floor of a variant is its FLOP count from the formulas of
-``/work/shared/performance.md`` (per token: base 4 d_in d_out; LoRA rank r:
+``docs/performance.md`` (per token: base 4 d_in d_out; LoRA rank r:
 6 r (d_in + d_out); dense masked MoE: 6 (d_in + d_out) R + 6 N d_in; sparse
 top-k loop: 6 (d_in + d_out) k r + 6 N d_in) divided by the FLOP rate the base
 layer reached in this run (4 T d^2 / median base time); ``floor ms`` shows it.

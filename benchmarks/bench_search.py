@@ -22,7 +22,7 @@ slow drift of the machine cancels). The process CPU share (CPU time / wall time)
 during the timed window is printed: below 0.9 another job took the core and the run
 is ``contended``; it is retried up to ``--retries`` times.
 
-Targets (performance.md): search-1st <= 2.1x, search-2nd <= 5.2x the fine-tune step.
+Targets (docs/performance.md): search-1st <= 2.1x, search-2nd <= 5.2x the fine-tune step.
 
     .venv/bin/python benchmarks/bench_search.py [--hidden 256] [--layers 2] [--rounds 7]
 """

@@ -110,3 +110,16 @@ def test_debug_and_experiments_compose(entry, tmp_path):
     for exp in options("experiment"):
         cfg = compose_cfg(entry, [f"experiment={exp}"], tmp_path)
         assert cfg.backbone.id
+
+
+@pytest.mark.parametrize("group", ["task", "trainer"])
+def test_group_options_extend_a_shared_base(group):
+    """Each task / trainer file inherits the shared settings (conf/base/) instead of copying them."""
+    import yaml
+    from compose import CONF
+
+    for name in options(group):
+        spec = yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
+        parents = [d for d in spec.get("defaults", []) if d != "_self_"]
+        assert parents, f"conf/{group}/{name}.yaml does not extend a base"
+        assert "_target_" not in spec.get("datamodule", spec), f"{group}/{name} repeats _target_"

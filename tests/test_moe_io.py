@@ -4,7 +4,6 @@ strict, explanatory errors that leave the backbone untouched."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -121,7 +120,6 @@ def smollm2_2_layers():
 
 
 def test_round_trip_smollm2(tmp_path, smollm2_2_layers):
-    t0 = time.perf_counter()
     model, tok = smollm2_2_layers()
     names = linear_names(model)
     assert len(names) == 14
@@ -137,7 +135,6 @@ def test_round_trip_smollm2(tmp_path, smollm2_2_layers):
     a = fresh(**ids).logits.detach()
     assert torch.equal(a, model(**ids).logits.detach())
     assert not torch.allclose(a[0, : base.shape[1]], base[0])  # the adapter is really there
-    assert time.perf_counter() - t0 < 60
 
 
 # -- strict errors --------------------------------------------------------------------------

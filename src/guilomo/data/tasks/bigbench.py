@@ -25,6 +25,7 @@ from pathlib import Path
 
 from guilomo.data.example import Example
 from guilomo.data.tasks.base import TaskSpec, lower, only_train
+from guilomo.utils.cache import cache_root
 
 REQUIREMENT = "bigbench==1.0.0"
 ARCHIVE = "bigbench-1.0.0.tar.gz"
@@ -32,7 +33,7 @@ MEMBER = "bigbench-1.0.0/bigbench/benchmark_tasks/{}/task.json"
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("GUILOMO_CACHE") or "~/.cache/guilomo").expanduser() / "bigbench"
+    return cache_root() / "bigbench"
 
 
 def fetch_hint(cache: Path) -> str:

@@ -3,7 +3,7 @@
 import numpy as np
 
 from guilomo.allocation import Allocation, ModuleAllocation
-from guilomo.search.logging import allocation_grid, save_heatmap
+from guilomo.search.heatmap import allocation_grid, save_heatmap
 
 
 def alloc():
