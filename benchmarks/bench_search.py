@@ -14,8 +14,8 @@ Variants, each on its own copy of a toy LLaMA (fp32, one thread, same batch size
 The outer passes run without adapter dropout (``search.outer_dropout=false``, the
 default); ``--outer-dropout`` times the reference's setting.
 
-Both stages compute the loss the same way (the search's sparse-logit loss; every
-token has a label here, so it equals the model's own loss). All variants are timed
+Both stages compute the loss with the same :class:`guilomo.objective.Objective`
+(sparse logits; every token has a label here, so it equals the model's own loss). All variants are timed
 round-robin in one process, ``--steps`` steps per timing, median over ``--rounds``
 rounds after 2 warm-up rounds; ratios are medians of per-round ratios (paired, so a
 slow drift of the machine cancels). The process CPU share (CPU time / wall time)
@@ -37,8 +37,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from guilomo.allocation import uniform
-from guilomo.lm_loss import sparse_lm_loss
-from guilomo.moe import LoraMoEConfig, aux_loss, find_targets, inject_adapter
+from guilomo.moe import LoraMoEConfig, find_targets, inject_adapter
+from guilomo.objective import Objective
 from guilomo.search import SearchSettings, gsv_parameters, inject_search_adapter, inner_parameters
 from guilomo.search.architect import Architect
 from guilomo.search.module import SearchModule
@@ -80,11 +80,11 @@ class Finetune:
         self.model.train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=3e-4)
+        self.objective = Objective(self.model, self.cfg.aux_coef, self.cfg.aux_reduction)
 
     def step(self, train, val):
         self.opt.zero_grad(set_to_none=True)
-        loss = sparse_lm_loss(self.model, train)
-        loss = loss + self.cfg.aux_coef * aux_loss(self.model)
+        loss = self.objective(train)[0]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.opt.step()

@@ -152,7 +152,7 @@ def test_budget_scales_baseline(tmp_path):
 
 def test_schedule_counts_epochs_when_max_steps_unset(tmp_path, monkeypatch):
     """max_steps=-1 + max_epochs: the LR decays to 0 exactly at the last real step."""
-    import guilomo.finetune.module as fm
+    import guilomo.objective as fm  # the schedule both stages use
 
     seen = []
     real = fm.warmup_linear

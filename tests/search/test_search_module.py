@@ -7,7 +7,7 @@ import torch
 from helpers import linear_names, tiny_llama
 from torch.utils.data import DataLoader
 
-from guilomo.lm_loss import sparse_lm_loss
+from guilomo.objective import sparse_lm_loss
 from guilomo.search import (
     Architect,
     SearchModule,

@@ -1,4 +1,5 @@
-"""The fine-tune LightningModule: a backbone with a LoRA-MoE adapter, trained on LM loss + aux.
+"""The fine-tune LightningModule: a backbone with a LoRA-MoE adapter, trained on the
+:class:`~guilomo.objective.Objective` (LM loss + aux) with the warm-up/linear schedule.
 
 Only the adapter's trainable tensors go into checkpoints (the frozen backbone is
 reloaded from its source), together with the RNG states, so a run resumed from a
@@ -12,21 +13,9 @@ import torch
 from torch import nn
 
 from guilomo.guards import FiniteGuard
-from guilomo.lm_loss import sparse_lm_loss, supports_sparse_logits
-from guilomo.moe import aux_loss
+from guilomo.objective import Objective, linear_schedule
 from guilomo.utils.rng import rng_state, set_rng_state
 from guilomo.validate import FINGERPRINT
-
-
-def warmup_linear(warmup_steps: int, total_steps: int):
-    """LR multiplier: linear warm-up to 1 over ``warmup_steps``, then linear decay to 0."""
-
-    def fn(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return fn
 
 
 class FinetuneModule(L.LightningModule):
@@ -46,8 +35,7 @@ class FinetuneModule(L.LightningModule):
         self.model = model
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
-        self.aux_coef, self.aux_reduction = aux_coef, aux_reduction
-        self.sparse_logits = sparse_logits and supports_sparse_logits(model)
+        self.objective = Objective(model, aux_coef, aux_reduction, sparse_logits)
         self.strict_loading = False  # checkpoints hold the adapter only
         self.run_info = run_info  # what the run is (checked before a resume loads the model)
 
@@ -55,13 +43,12 @@ class FinetuneModule(L.LightningModule):
         return self.model(**batch)
 
     def _loss(self, batch, stage: str):
-        # the LM head only where a label exists: same loss, ~20% less compute on SmolLM2
-        lm = sparse_lm_loss(self.model, batch) if self.sparse_logits else self.model(**batch).loss
-        loss = lm
-        if stage == "train" and self.aux_coef > 0:
-            aux = aux_loss(self.model, self.aux_reduction).to(loss.device)
-            self.log("train/aux_loss", aux, on_step=True, on_epoch=False)
-            loss = loss + self.aux_coef * aux
+        if stage == "train":
+            loss, lm, aux = self.objective(batch)
+            if self.objective.aux_coef > 0:
+                self.log("train/aux_loss", aux, on_step=True, on_epoch=False)
+        else:
+            loss = lm = self.objective.lm(batch)
         bs = batch["input_ids"].shape[0]
         self.log(
             f"{stage}/lm_loss",
@@ -91,8 +78,7 @@ class FinetuneModule(L.LightningModule):
         total = self.total_steps
         if not total or total <= 0:  # max_steps unset: epochs x batches, as Lightning counts them
             total = int(self.trainer.estimated_stepping_batches)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(self.warmup_steps, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": linear_schedule(opt, self.warmup_steps, total)}
 
     # -- checkpoints: adapter tensors + RNG states only --------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

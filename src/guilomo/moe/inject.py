@@ -90,11 +90,11 @@ def inject_adapter(
         layer.train(modules[name].training)  # an eval-mode backbone stays in eval mode
         setattr(parent, child, layer)
     object.__setattr__(model, CONTEXT_ATTR, context)  # not a submodule, not in state_dict
-    model.register_forward_pre_hook(_record_mask(context, model), with_kwargs=True)
+    model.register_forward_pre_hook(_record_mask(model), with_kwargs=True)
     return model
 
 
-def _record_mask(context: RoutingContext, model: nn.Module):
+def _record_mask(model: nn.Module):
     """Pre-hook storing the forward's 2-D ``attention_mask`` (keyword or positional)."""
     try:
         signature = inspect.signature(model.forward)
@@ -108,9 +108,19 @@ def _record_mask(context: RoutingContext, model: nn.Module):
                 mask = signature.bind_partial(*args, **kwargs).arguments.get("attention_mask")
             except TypeError:
                 mask = None
-        context.token_mask = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
+        set_token_mask(module, mask)
 
     return hook
+
+
+def set_token_mask(model: nn.Module, mask) -> None:
+    """Tell the adapted layers of ``model`` which tokens of the next forward are real
+    (a 2-D ``attention_mask``; anything else: all of them), so padding stays out of the
+    load-balancing loss. The model's pre-hook does this; a caller that runs only part
+    of the model (e.g. the decoder without the LM head) calls it itself."""
+    context = getattr(model, CONTEXT_ATTR, None)
+    if context is not None:
+        context.token_mask = mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
 
 
 def adapter_modules(model: nn.Module) -> dict[str, LoraMoELinear]:

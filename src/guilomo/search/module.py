@@ -33,10 +33,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from guilomo.allocation import layer_of
-from guilomo.finetune.module import warmup_linear
 from guilomo.guards import FiniteGuard
-from guilomo.lm_loss import sparse_lm_loss, supports_sparse_logits
-from guilomo.moe.inject import aux_loss
+from guilomo.objective import Objective, linear_schedule
 from guilomo.search.architect import Architect
 from guilomo.search.config import SearchSettings
 from guilomo.search.diagnostics import (
@@ -54,8 +52,6 @@ from guilomo.search.layer import (
 )
 from guilomo.utils.rng import rng_state, set_rng_state
 from guilomo.validate import FINGERPRINT
-
-MODEL_KEYS = ("input_ids", "attention_mask", "labels")
 
 
 def shard_like_train(loader, trainer: L.Trainer):
@@ -107,9 +103,8 @@ class SearchModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.settings = settings or SearchSettings()
-        self.aux_coef, self.aux_reduction = aux_coef, aux_reduction
+        self.objective = Objective(model, aux_coef, aux_reduction, sparse_logits)
         self.automatic_optimization = False
-        self.sparse_logits = sparse_logits and supports_sparse_logits(model)
         self.strict_loading = False  # checkpoints hold the adapter and the GSVs only
         self.run_info = run_info  # what the run is (checked before a resume loads the model)
         self.total_steps: int | None = None
@@ -133,22 +128,12 @@ class SearchModule(L.LightningModule):
 
     # -- losses -------------------------------------------------------------------------
     def lm_loss(self, batch: dict) -> Tensor:
-        """Causal-LM loss (mean over target tokens), equal to the model's own ``loss``.
-
-        With ``sparse_logits`` the LM head runs only on the positions that have a
-        target (the answer tokens when the prompt is masked), not on every position:
-        on a small backbone the vocabulary projection is most of the cost.
-        """
-        if not self.sparse_logits:
-            out = self.model(**{k: batch[k] for k in MODEL_KEYS if k in batch}, use_cache=False)
-            return out.loss
-        return sparse_lm_loss(self.model, batch)
+        """Causal-LM loss (mean over target tokens), equal to the model's own ``loss``."""
+        return self.objective.lm(batch)
 
     def train_objective(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """(L_train + aux_coef * L_aux, L_train, L_aux)."""
-        lm = self.lm_loss(batch)
-        aux = aux_loss(self.model, self.aux_reduction).to(lm.device)
-        return lm + self.aux_coef * aux, lm, aux
+        return self.objective(batch)
 
     def train_loss(self, batch: dict) -> Tensor:
         return self.train_objective(batch)[0]
@@ -181,8 +166,7 @@ class SearchModule(L.LightningModule):
         )
         self.total_steps = self.count_real_steps()
         warmup = s.inner.warmup(self.total_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(inner, warmup_linear(warmup, self.total_steps))
-        return [inner, outer], [{"scheduler": sched, "interval": "step"}]
+        return [inner, outer], [linear_schedule(inner, warmup, self.total_steps)]
 
     def count_real_steps(self) -> int:
         """Real (inner) steps of the fit: ``max_steps``, or epochs x batches (halved for alternate)."""
