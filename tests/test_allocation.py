@@ -254,3 +254,27 @@ def test_atomic_write_gives_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_load_allocation_is_the_one_checked_loader(tmp_path):
+    """allocation=file: one loader, one set of checks (backbone, depth, modules, budget)."""
+    from guilomo.allocation import load_allocation
+    from guilomo.budget import Budget, BudgetError
+
+    model = tiny_llama()
+    targets = find_targets(model, TARGETS)
+    names = sorted(targets)
+    alloc = uniform(names[:4], 2, 4, backbone="tiny_llama", num_layers=2)
+    path = alloc.save(tmp_path / "allocation.json")
+    loaded = load_allocation(targets, path, "tiny_llama", 2, Budget("rank", 32))
+    assert loaded.to_dict() == alloc.to_dict()  # a subset of the targets is allowed
+    with pytest.raises(AllocationError, match="backbone"):
+        load_allocation(targets, path, "smollm2_135m", 2)
+    with pytest.raises(AllocationError, match="layers"):
+        load_allocation(targets, path, "tiny_llama", 30)
+    with pytest.raises(AllocationError, match="not in this model"):
+        load_allocation({n: targets[n] for n in names[4:]}, path, "tiny_llama", 2)
+    with pytest.raises(BudgetError):
+        load_allocation(targets, path, "tiny_llama", 2, Budget("rank", 31))
+    shapes = module_shapes(targets)  # shapes work as targets too
+    assert load_allocation(shapes, path, budget=Budget("rank", 32)).total_rank == 32

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from compose import compose_cfg
+from hydra.utils import get_method
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -30,6 +32,7 @@ from guilomo.baselines import (
     spectrum_alpha,
 )
 from guilomo.budget import Budget, BudgetError
+from guilomo.pipeline import build_allocation
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "allocation"
 MODULES = {
@@ -442,19 +445,23 @@ def test_every_allocation_config_builds(tmp_path):
     saved = make_baseline("uniform", SMOLLM2, experts=4).save(tmp_path / "allocation.json")
     alphas = {layer: 2.0 + layer / 10 for layer in range(30)}
     for f in files:
-        spec = OmegaConf.to_container(OmegaConf.load(f), resolve=False)
-        kind = spec.pop("kind")
+        spec = OmegaConf.load(f)
+        # each file names the function it builds with; the run binds the targets later
+        assert spec._partial_ is True and callable(get_method(spec._target_)), f.name
+        assert "kind" not in spec, f.name
         # one way to size a baseline: the run's `budget`, never an option of its own
         assert not {"scale_to_params", "budget_kind", "budget_value"} & set(spec), f.name
-        if kind == "file":
-            assert spec["path"] == "${searched}"
-            spec["path"] = str(saved)
-        if kind == "alphalora":
-            spec["alphas"] = alphas
-        # the way the training entry point calls it: seed and budget always passed
-        a = make_baseline(kind, SMOLLM2, seed=0, budget=Budget("experts", 900), **spec)
+        spec = compose_cfg("train", [f"allocation={f.stem}"]).allocation
+        if f.stem == "file":
+            assert OmegaConf.to_container(OmegaConf.load(f))["path"] == "${searched}"
+            spec.path = str(saved)
+        if f.stem == "alphalora":
+            with open_dict(spec):
+                spec.alphas = alphas
+        # the way the training entry point calls it: the run's depth and budget
+        a = build_allocation(spec, SMOLLM2, 30, Budget("experts", 900))
         assert set(a.modules) == set(SMOLLM2), f.name
-        if kind == "random":
+        if f.stem == "random":
             assert a.total_experts == 900
     assert per_layer(make_baseline("lora", SMOLLM2)) == [1] * 30
 

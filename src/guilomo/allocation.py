@@ -223,6 +223,36 @@ def no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
+def load_allocation(
+    targets: Mapping,
+    path: str | Path | None,
+    backbone: str | None = None,
+    num_layers: int | None = None,
+    budget=None,
+) -> Allocation:
+    """The allocation file at ``path``, checked against the run that will use it.
+
+    The one loader of allocation files (``allocation=file``): the file must be valid
+    (:meth:`Allocation.load`), made for this ``backbone`` and depth (``meta.backbone``,
+    ``meta.num_layers``, when recorded), name only modules among ``targets`` (the
+    modules that may be adapted: ``{name: nn.Linear}`` or ``{name: (d_in, d_out)}``),
+    and fit ``budget`` (a :class:`~guilomo.budget.Budget`) when one is given.
+    """
+    from guilomo.moe.inject import module_shapes  # moe imports this module
+
+    if path is None:
+        raise AllocationError(
+            "allocation=file needs the file: allocation.path=<allocation.json> "
+            "(or searched=<allocation.json>, which budget=match reads too)"
+        )
+    alloc = Allocation.load(path)
+    alloc.check_backbone(backbone, num_layers)
+    alloc.check_modules(targets)
+    if budget is not None:
+        budget.check(alloc, module_shapes(targets))
+    return alloc
+
+
 def _module_from_dict(name: str, d) -> ModuleAllocation:
     try:
         if not isinstance(d, Mapping):

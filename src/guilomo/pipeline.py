@@ -1,7 +1,7 @@
 """Builders shared by ``search.py`` and ``train.py``: Hydra config -> objects.
 
-Each builder instantiates one config group (backbone, task, adapter, logger,
-callbacks, trainer) so the two entry points stay short and compose the same way.
+Each builder instantiates one config group (backbone, task, adapter, allocation,
+logger, callbacks, trainer) so the two entry points stay short and compose the same way.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import hydra
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from guilomo.allocation import Allocation
+from guilomo.baselines.scale import scale_to_budget
 from guilomo.budget import Budget
-from guilomo.moe import LoraMoEConfig, find_targets
+from guilomo.moe import LoraMoEConfig, find_targets, module_shapes
 from guilomo.utils.loggers import RunIdentity, with_identity
 
 
@@ -43,6 +45,30 @@ def build_lora_config(cfg: DictConfig) -> LoraMoEConfig:
 def build_budget(cfg: DictConfig, shapes=None) -> Budget:
     """``cfg.budget`` as a :class:`Budget` (``budget=match`` measured on ``shapes``)."""
     return Budget.from_config(_plain(cfg.get("budget")), shapes)
+
+
+# keys an allocation config leaves null for the run to fill in
+RUN_BOUND = ("num_layers", "budget")
+
+
+def build_allocation(
+    spec: DictConfig, targets: dict, num_layers: int, budget: Budget
+) -> Allocation:
+    """The allocation ``spec._target_`` builds for ``targets`` (``conf/allocation/*.yaml``).
+
+    ``spec`` names a function with ``_partial_: true``; it is called with the targets
+    (``{name: nn.Linear}`` or ``{name: (d_in, d_out)}``) and with the keys the config
+    leaves null that the run knows: ``num_layers`` (the backbone's depth) and ``budget``
+    (the run's budget). A builder that takes the budget fits it (random) or checks it
+    (file); any other allocation is scaled to an active budget (:func:`scale_to_budget`).
+    """
+    build = hydra.utils.instantiate(spec)
+    run = {"num_layers": num_layers, "budget": budget}
+    bound = {k: run[k] for k in RUN_BOUND if k in spec and spec[k] is None}
+    alloc = build(targets, **bound)
+    if budget.active and "budget" not in spec:
+        alloc = scale_to_budget(alloc, budget, module_shapes(targets))
+    return alloc
 
 
 def build_trainer(

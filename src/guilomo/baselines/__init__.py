@@ -5,10 +5,9 @@
     lora        one expert of rank ``rank`` (8), top-1
     uniform     ``experts`` (8) experts of rank ``rank`` (8) everywhere, top-``top_k`` (2)
     mola        MoLA depth pattern ``pattern`` ([2, 4, 6, 8]) of rank ``rank`` (8), top-2;
-                ``mola_2468``, ``mola_8642``, ``mola_5555``, ``mola_8888`` name the patterns
+                ``mola_<digits>`` names the pattern (``mola_2468``, ``mola_8642``, ...)
     alphalora   counts per layer from the weights' spectra (``total``, ``beta`` 2.5, ``rank`` 8)
-    random      random counts/ranks fitted to the budget (``random_seed``, else ``seed``)
-    file        ``Allocation.load(path)``, checked against the targets
+    random      random counts/ranks fitted to the budget (``seed``)
 
 ``model_or_targets`` is a model (targets found with ``target_modules`` and
 ``layers``), ``{name: nn.Linear}`` (from :func:`~guilomo.moe.find_targets`), or
@@ -16,16 +15,18 @@
 needs the weights unless ``alphas`` is given). Every kind accepts ``seed``,
 ``num_layers`` (the backbone depth, for depth-dependent kinds) and ``budget`` (a
 :class:`~guilomo.budget.Budget` or its config mapping, the one way to size a
-baseline): ``random`` is drawn to fit it, a ``file`` must fit it, and every other
-kind is scaled to it with :func:`scale_to_budget` (``scale_mode`` "rank" or
-"experts"). ``allocation.meta["method"]`` names the result exactly (see
-:func:`method_name`).
+baseline): ``random`` is drawn to fit it and every other kind is scaled to it
+with :func:`scale_to_budget` (``scale_mode`` "rank" or "experts").
+``allocation.meta["method"]`` names the result exactly (see :func:`method_name`).
+Allocation files are read by :func:`guilomo.allocation.load_allocation`.
+
+The Hydra configs (``conf/allocation/*.yaml``) call these functions directly through
+``_target_``; ``make_baseline`` is the by-name shortcut for Python.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
@@ -41,7 +42,6 @@ from guilomo.baselines.alphalora import (
 )
 from guilomo.baselines.scale import apportion, scale_to_budget
 from guilomo.baselines.simple import (
-    MOLA_PATTERNS,
     lora,
     mola,
     mola_block,
@@ -52,19 +52,18 @@ from guilomo.budget import Budget
 from guilomo.moe.inject import find_targets, module_shapes
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-KINDS = (
-    "lora",
-    "uniform",
-    "mola",
-    *(f"mola_{p}" for p in MOLA_PATTERNS),
-    "alphalora",
-    "random",
-    "file",
-)
+BUILDERS: dict[str, Callable[..., Allocation]] = {
+    "lora": lora,
+    "uniform": uniform_moe,
+    "mola": mola,  # and mola_<digits>: the pattern in the name
+    "alphalora": alphalora,
+    "random": random_allocation,
+}
+KINDS = (*BUILDERS, "mola_<digits>")
 
 __all__ = [
+    "BUILDERS",
     "KINDS",
-    "MOLA_PATTERNS",
     "alpha_counts",
     "alphalora",
     "apportion",
@@ -100,23 +99,16 @@ def resolve_targets(
             f"got {type(model_or_targets).__name__}"
         )
     targets = dict(model_or_targets)
-    if all(isinstance(m, nn.Linear) for m in targets.values()):
-        return targets, module_shapes(targets), None
-    shapes = {}
-    for n, s in targets.items():
-        if not (isinstance(s, Sequence) and len(s) == 2):
-            raise TypeError(f"'{n}': expected nn.Linear or a (d_in, d_out) pair, got {s!r}")
-        shapes[n] = (int(s[0]), int(s[1]))
-    return targets, shapes, None
+    return targets, module_shapes(targets), None
 
 
-def _call(fn, kind: str, *args, **kw):
-    params = inspect.signature(fn).parameters
-    unknown = sorted(set(kw) - set(params))
-    if unknown:
-        allowed = [p for p in params if p not in ("names", "shapes", "modules")]
-        raise TypeError(f"baseline '{kind}' got unknown option(s) {unknown}; it takes {allowed}")
-    return fn(*args, **kw)
+def _call(fn: Callable, kind: str, *args, **kw) -> Allocation:
+    try:
+        return fn(*args, **kw)
+    except TypeError as e:
+        if e.__traceback__ is not None and e.__traceback__.tb_next is None:  # the call itself
+            raise TypeError(f"baseline '{kind}' got unknown option(s): {e}") from e
+        raise
 
 
 def make_baseline(
@@ -135,45 +127,22 @@ def make_baseline(
     targets, shapes, model_depth = resolve_targets(model_or_targets, target_modules, layers)
     budget = Budget.from_config(budget, shapes)
     num_layers = num_layers or model_depth
-    names = list(shapes)
-    options = {k: v for k, v in kw.items()}
-    if kind == "lora":
-        alloc = _call(lora, kind, names, **options)
-    elif kind == "uniform":
-        alloc = _call(uniform_moe, kind, names, **options)
-    elif kind == "mola" or kind.startswith("mola_"):
-        if kind != "mola":
-            pattern = kind.removeprefix("mola_")
-            if pattern not in MOLA_PATTERNS:
-                raise ValueError(f"unknown MoLA pattern '{pattern}'; known: {list(MOLA_PATTERNS)}")
-            options.setdefault("pattern", MOLA_PATTERNS[pattern])
-        alloc = _call(mola, kind, names, num_layers=num_layers, **options)
-    elif kind == "alphalora":
-        alloc = _call(alphalora, kind, targets, **options)
-    elif kind == "random":
-        own_seed = options.pop("random_seed", None)
-        s = own_seed if own_seed is not None else (seed if seed is not None else 0)
-        alloc = _call(random_allocation, kind, shapes, budget=budget, seed=int(s), **options)
-    elif kind == "file":
-        if "path" not in options:
-            raise TypeError("baseline 'file' needs path=<allocation.json>")
-        alloc = Allocation.load(options.pop("path"))
-        if options:
-            raise TypeError(f"baseline 'file' got unknown option(s) {sorted(options)}")
-        alloc.check_modules(names)
-        missing = sorted(set(names) - set(alloc.modules))
-        if missing:
-            raise ValueError(
-                f"the allocation file has no entry for {len(missing)} target(s), e.g. {missing[:3]}"
-            )
-        budget.check(alloc, shapes)
-    else:
+    options = dict(kw)
+    name, digits = ("mola", kind.removeprefix("mola_")) if kind.startswith("mola_") else (kind, "")
+    if name not in BUILDERS:
         raise ValueError(f"unknown baseline '{kind}'; choose one of {list(KINDS)}")
+    if digits:
+        options.setdefault("pattern", digits)
+    extra: dict = {}  # what the run knows, not recorded as options
+    if name == "mola":
+        extra["num_layers"] = num_layers
+    if name == "random":
+        extra = {"budget": budget, "seed": int(seed or 0)}
+    alloc = _call(BUILDERS[name], kind, targets, **extra, **options)
 
-    if kind != "file":
-        alloc.meta["baseline"] = {"kind": kind, **{k: _plain(v) for k, v in options.items()}}
-        if kind != "random" and budget.active:
-            alloc = scale_to_budget(alloc, budget, shapes, mode=scale_mode)
+    alloc.meta["baseline"] = {"kind": kind, **{k: _plain(v) for k, v in options.items()}}
+    if name != "random" and budget.active:
+        alloc = scale_to_budget(alloc, budget, shapes, mode=scale_mode)
     if num_layers is not None:
         alloc.meta.setdefault("num_layers", int(num_layers))
     alloc.meta["method"] = method_name(alloc.meta)

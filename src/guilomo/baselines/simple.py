@@ -23,13 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from guilomo.allocation import Allocation, AllocationError, ModuleAllocation, layer_of
 from guilomo.allocation import uniform as _uniform
 from guilomo.budget import Budget, BudgetError
-
-MOLA_PATTERNS = {
-    "2468": (2, 4, 6, 8),
-    "8642": (8, 6, 4, 2),
-    "5555": (5, 5, 5, 5),
-    "8888": (8, 8, 8, 8),
-}
+from guilomo.moe.inject import module_shapes
 
 
 def lora(names: Iterable[str], rank: int = 8, top_k: int = 1) -> Allocation:
@@ -79,11 +73,13 @@ def mola(
     top_k: int = 2,
     num_layers: int | None = None,
 ) -> Allocation:
-    """MoLA: ``pattern[b]`` experts of rank ``rank`` in every module of depth block ``b``."""
+    """MoLA: ``pattern[b]`` experts of rank ``rank`` in every module of depth block ``b``.
+
+    ``pattern`` is a list of counts or their digits as in the MoLA names ("2468")."""
     if isinstance(pattern, str):
-        if pattern not in MOLA_PATTERNS:
-            raise ValueError(f"MoLA pattern '{pattern}' is not one of {list(MOLA_PATTERNS)}")
-        pattern = MOLA_PATTERNS[pattern]
+        if not pattern.isdigit():
+            raise ValueError(f"MoLA pattern '{pattern}' is not a string of digits like '2468'")
+        pattern = tuple(pattern)
     pattern = tuple(int(p) for p in pattern)
     if not pattern or any(p < 1 for p in pattern):
         raise ValueError(f"MoLA pattern must be a non-empty list of counts >= 1, got {pattern}")
@@ -100,7 +96,7 @@ def mola(
 
 
 def random_allocation(
-    shapes: Mapping[str, tuple[int, int]],
+    shapes: Mapping,
     budget: Budget | Mapping | None = None,
     n_min: int = 2,
     n_max: int = 8,
@@ -124,6 +120,7 @@ def random_allocation(
     An unreachable target (outside what ``n_min..n_max`` x ``r_min..r_max`` allows)
     raises :class:`~guilomo.budget.BudgetError`.
     """
+    shapes = module_shapes(shapes)  # {name: nn.Linear} or {name: (d_in, d_out)}
     budget = Budget.from_config(budget, shapes)
     if not (1 <= n_min <= n_max and 1 <= r_min <= r_max):
         raise ValueError(

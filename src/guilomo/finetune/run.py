@@ -16,16 +16,16 @@ import json
 import logging
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from guilomo.allocation import Allocation, AllocationError
-from guilomo.baselines import make_baseline
+from guilomo.allocation import Allocation
 from guilomo.finetune.evaluation import evaluate_datamodule
 from guilomo.finetune.module import FinetuneModule
 from guilomo.finetune.usage import COLUMNS as USAGE_COLUMNS
 from guilomo.finetune.usage import RouterUsage
 from guilomo.moe import inject_adapter, module_shapes, save_adapter, trainable_parameters
 from guilomo.pipeline import (
+    build_allocation,
     build_backbone,
     build_budget,
     build_datamodule,
@@ -54,33 +54,21 @@ HEATMAP_FILE = "allocation_heatmap.png"
 
 
 def resolve_allocation(cfg: DictConfig, targets: dict, num_layers: int) -> Allocation:
-    """The allocation named by ``cfg.allocation``: a file, or a baseline for these targets,
-    sized by ``cfg.budget`` (a file must fit it, a baseline is drawn or scaled to it)."""
-    spec = OmegaConf.to_container(cfg.allocation, resolve=True)
-    kind = spec.pop("kind")
+    """The allocation ``cfg.allocation`` builds for these targets; a baseline made for
+    this run records the run in its ``meta`` (a file keeps the meta it was saved with)."""
     shapes = module_shapes(targets)
     budget = build_budget(cfg, shapes)
-    if kind == "file":
-        if spec.get("path") is None:
-            raise AllocationError(
-                "allocation=file needs the file: allocation.path=<allocation.json> "
-                "(or searched=<allocation.json>, which budget=match reads too)"
-            )
-        alloc = Allocation.load(spec["path"])
-        alloc.check_backbone(cfg.backbone.id, num_layers)
-        alloc.check_modules(targets)
-        budget.check(alloc, shapes)
-        return alloc
-    spec["num_layers"] = spec.get("num_layers") or num_layers
-    alloc = make_baseline(kind, targets, seed=cfg.seed, budget=budget, **spec)
-    alloc.meta.update(
-        backbone=cfg.backbone.id,
-        num_layers=num_layers,
-        task=cfg.task.id,
-        source=f"baseline:{kind}",
-        budget=budget.to_dict(),
-        trainable_params=alloc.trainable_params(shapes),
-    )
+    alloc = build_allocation(cfg.allocation, targets, num_layers, budget)
+    run = {
+        "method": alloc.method,
+        "backbone": cfg.backbone.id,
+        "num_layers": num_layers,
+        "task": cfg.task.id,
+        "budget": budget.to_dict(),
+        "trainable_params": alloc.trainable_params(shapes),
+    }
+    if "path" not in cfg.allocation:
+        alloc.meta.update(run)
     return alloc
 
 
@@ -194,8 +182,8 @@ def run_train(cfg: DictConfig) -> dict:
             "backbone": cfg.backbone.id,
             "num_layers": num_layers,
             "allocation": {
-                "kind": cfg.allocation.kind,
-                "source": alloc.meta.get("source", cfg.allocation.kind),
+                "builder": cfg.allocation._target_,
+                "source": alloc.meta.get("source", cfg.allocation._target_),
                 "summary": alloc.summary(),
             },
             "trainable_params": n_params,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -60,9 +60,18 @@ def find_targets(
     return found
 
 
-def module_shapes(modules: dict[str, nn.Linear]) -> dict[str, tuple[int, int]]:
-    """``{name: (d_in, d_out)}`` of linear modules, for parameter counts and budgets."""
-    return {n: (m.in_features, m.out_features) for n, m in modules.items()}
+def module_shapes(modules: Mapping) -> dict[str, tuple[int, int]]:
+    """``{name: (d_in, d_out)}`` of linear modules (or of ``(d_in, d_out)`` pairs, kept),
+    for parameter counts and budgets."""
+    shapes = {}
+    for n, m in modules.items():
+        if isinstance(m, nn.Linear):
+            shapes[n] = (m.in_features, m.out_features)
+        elif isinstance(m, Sequence) and len(m) == 2:
+            shapes[n] = (int(m[0]), int(m[1]))
+        else:
+            raise TypeError(f"'{n}': expected nn.Linear or a (d_in, d_out) pair, got {m!r}")
+    return shapes
 
 
 def inject_adapter(
