@@ -12,7 +12,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from guilomo.data import TASKS
 from guilomo.eval import (
+    EvalSettings,
     Metrics,
     OptionScores,
     compute_metrics,
@@ -64,35 +66,24 @@ def model(tokenizer):
 # -- answers ------------------------------------------------------------------------------
 
 LETTER = r"[Tt]he answer is:?\s*\(?((?-i:[A-Z]))\b"  # the data layer's lettered pattern
+FIRST_WORD = r"^\W*(\w+)"  # the first word of the output
+COLA = TASKS["glue_cola"].answer_pattern
+GSM8K = TASKS["gsm8k"].answer_pattern
 
 
 @pytest.mark.parametrize(
     "text, pattern, expected",
     [
-        ("The answer is B.", "choice", "b"),
-        ("Let me think. the answer is: (C) because...", "choice", "c"),
-        ("The answer is **D**", "choice", "d"),
-        ("E", "choice", "e"),
-        ("the answer is a dog", "choice", None),  # lower-case article, not an option
-        ("I don't know", "choice", None),
-        ("", "choice", None),
         ("The answer is B.", LETTER, "b"),
         ("the answer is B", LETTER, "b"),
         ("THE ANSWER IS B", LETTER, None),  # a custom regex is used as given
-        ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "number", "72"),
-        ("#### 1,234", "number", "1234"),
-        ("The answer is -3.50.", "number", "-3.5"),
-        ("The answer is $1,000.", "number", "1000"),
-        ("The answer is 42.", "number", "42"),
-        ("So the total is 5 and 7", "number", None),  # no marker: malformed
-        ("The answer is forty-two", "number", None),
-        ("5 apples and 7.0 pears", "last_number", "7"),
-        ("no digits here", "last_number", None),
-        ("Yes, it is.", "first_word", "yes"),
-        ("  Unacceptable!", "first_word", "unacceptable"),
-        ("...", "first_word", None),
         ("The answer is 1,234.", r"[Tt]he answer is:?\s*\$?\s*(-?[\d,]*\.?\d+)", "1234"),
         ("The answer is -7", r"[Tt]he answer is:?\s*\$?\s*(-?[\d,]*\.?\d+)", "-7"),
+        ("", LETTER, None),
+        ("I don't know", LETTER, None),
+        ("Yes, it is.", FIRST_WORD, "yes"),
+        ("  Unacceptable!", FIRST_WORD, "unacceptable"),
+        ("...", FIRST_WORD, None),
     ],
 )
 def test_extract_answer(text, pattern, expected):
@@ -113,9 +104,9 @@ def test_option_keys_and_index():
     lettered = ["The answer is A.", "The answer is B.", "The answer is C."]
     assert option_keys(lettered, LETTER) == ["a", "b", "c"]
     assert option_index("b", option_keys(lettered, LETTER)) == 1
-    assert option_keys(["not equivalent", "equivalent"], "first_word") == ["not", "equivalent"]
+    assert option_keys(["not equivalent", "equivalent"], FIRST_WORD) == ["not", "equivalent"]
     # first words not distinct: fall back to the whole option text
-    assert option_keys(["very good", "very bad"], "first_word") == ["very good", "very bad"]
+    assert option_keys(["very good", "very bad"], FIRST_WORD) == ["very good", "very bad"]
     assert option_index("Very Bad", ["very good", "very bad"]) == 1
     assert option_index("c", ["red", "green", "blue"], letters=True) == 2
     assert option_index("c", ["red", "green", "blue"]) is None
@@ -344,9 +335,7 @@ def test_evaluate_loglik_matches_scores(model, tokenizer):
         golds,
         options=OPTIONS,
         labels=labels,
-        mode="loglik",
-        metrics=["accuracy"],
-        batch_size=4,
+        settings=EvalSettings(mode="loglik", metrics=("accuracy",), batch_size=4),
         return_predictions=True,
     )
     preds = score_options(model, tokenizer, PROMPTS, OPTIONS).predictions()
@@ -357,7 +346,13 @@ def test_evaluate_loglik_matches_scores(model, tokenizer):
     assert res["n"] == 3 and res["invalid"] == 0 and res["mode"] == "loglik"
     # targets from the gold answers when labels are missing
     res2 = evaluate(
-        model, tokenizer, PROMPTS, golds, options=OPTIONS, mode="loglik", return_predictions=True
+        model,
+        tokenizer,
+        PROMPTS,
+        golds,
+        options=OPTIONS,
+        settings=EvalSettings(mode="loglik"),
+        return_predictions=True,
     )
     assert res2["targets"] == labels
 
@@ -367,7 +362,7 @@ def test_evaluate_generate_reads_answers(monkeypatch):
         [
             ["The answer is B.", "The answer is A because", "no idea", "The answer is C."],
             ["acceptable.", "Unacceptable", "maybe", "acceptable"],
-            ["Thus #### 1,234", "The answer is 7.", "seven", "The answer is -2"],
+            ["Thus the answer is 1,234", "The answer is 7.", "seven", "The answer is -2"],
         ]
     )
     monkeypatch.setattr(evaluate_module, "generate", lambda *a, **k: next(canned))
@@ -379,8 +374,7 @@ def test_evaluate_generate_reads_answers(monkeypatch):
         ["B", "B", "A", "C"],
         options=[lettered] * 4,
         labels=[1, 1, 0, 2],
-        answer_pattern=LETTER,
-        mode="generate",
+        settings=EvalSettings(answer_pattern=LETTER),
         return_predictions=True,
     )
     assert res["predictions"] == [1, 0, None, 2]
@@ -393,8 +387,7 @@ def test_evaluate_generate_reads_answers(monkeypatch):
         ["p"] * 4,
         ["acceptable", "unacceptable", "unacceptable", "unacceptable"],
         options=[["unacceptable", "acceptable"]] * 4,
-        answer_pattern="first_word",
-        metrics=["accuracy", "mcc", "f1"],
+        settings=EvalSettings(answer_pattern=COLA, metrics=("accuracy", "mcc", "f1")),
         return_predictions=True,
     )
     assert res["targets"] == [1, 0, 0, 0] and res["predictions"] == [1, 0, None, 1]
@@ -409,7 +402,7 @@ def test_evaluate_generate_reads_answers(monkeypatch):
         None,
         ["p"] * 4,
         ["1234", "7", "7", "2"],
-        answer_pattern="number",
+        settings=EvalSettings(answer_pattern=GSM8K),
         return_predictions=True,
     )
     assert res["predictions"] == ["1234", "7", None, "-2"]
@@ -425,9 +418,7 @@ def test_evaluate_generate_end_to_end(model, tokenizer):
         ["A", "B"],
         options=[lettered] * 2,
         labels=[0, 1],
-        answer_pattern=LETTER,
-        mode="generate",
-        max_new_tokens=4,
+        settings=EvalSettings(answer_pattern=LETTER, max_new_tokens=4),
         return_predictions=True,
     )
     outputs = generate(model, tokenizer, PROMPTS[:2], max_new_tokens=4)
@@ -440,10 +431,28 @@ def test_evaluate_generate_end_to_end(model, tokenizer):
 
 def test_evaluate_argument_errors(model, tokenizer):
     with pytest.raises(ValueError, match="needs options"):
-        evaluate(model, tokenizer, ["p"], ["1"], mode="loglik")
+        evaluate(model, tokenizer, ["p"], ["1"], settings=EvalSettings(mode="loglik"))
     with pytest.raises(ValueError, match="free-form"):
-        evaluate(model, tokenizer, ["p"], ["1"], metrics=["mcc"])
+        evaluate(model, tokenizer, ["p"], ["1"], settings=EvalSettings(metrics=("mcc",)))
     with pytest.raises(ValueError, match="none of its options"):
-        evaluate(model, tokenizer, ["p"], ["zebra"], options=[["cat", "dog"]], mode="loglik")
+        evaluate(
+            model,
+            tokenizer,
+            ["p"],
+            ["zebra"],
+            options=[["cat", "dog"]],
+            settings=EvalSettings(mode="loglik"),
+        )
     with pytest.raises(ValueError, match="mode"):
-        evaluate(model, tokenizer, ["p"], ["1"], mode="beam")
+        EvalSettings(mode="beam")
+
+
+def test_token_id_prompts_score_as_their_text(model, tokenizer):
+    """The pipeline passes the datamodule's tokenised prompts: same scores and generations."""
+    ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    text = score_options(model, tokenizer, PROMPTS, OPTIONS, 3, share_prompt=True)
+    tokens = score_options(model, tokenizer, ids, OPTIONS, 3, share_prompt=True)
+    assert tokens.logprobs == text.logprobs
+    assert generate(model, tokenizer, ids, max_new_tokens=4) == generate(
+        model, tokenizer, PROMPTS, max_new_tokens=4
+    )

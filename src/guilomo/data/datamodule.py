@@ -214,10 +214,6 @@ class TaskDataModule(L.LightningDataModule):
     def prompt_text(self, example: Example) -> str:
         return self.template.render(example)
 
-    def encode_prompt(self, example: Example) -> list[int]:
-        """Prompt token ids (with the tokenizer's special prefix tokens, if any), untruncated."""
-        return self.tokenizer(self.prompt_text(example))["input_ids"]
-
     def encode_target(self, text: str) -> list[int]:
         """Target token ids: ``text`` then eos, no prefix tokens (as in training)."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [

@@ -1,7 +1,7 @@
 """Evaluation in the paper's style: greedy generation + answer regex, or option log-likelihood.
 
-from guilomo.eval import evaluate
-evaluate(model, tokenizer, prompts, golds, options=..., mode="loglik", metrics=["accuracy"])
+from guilomo.eval import EvalSettings, evaluate
+evaluate(model, tokenizer, prompts, golds, options=..., settings=EvalSettings(mode="loglik"))
 """
 
 from guilomo.eval.answer import (
@@ -13,12 +13,13 @@ from guilomo.eval.answer import (
     option_index,
     option_keys,
 )
-from guilomo.eval.evaluator import evaluate
+from guilomo.eval.evaluator import EvalSettings, evaluate
 from guilomo.eval.generate import generate
 from guilomo.eval.metrics import Metrics, compute_metrics
 from guilomo.eval.scoring import OptionScores, score_options
 
 __all__ = [
+    "EvalSettings",
     "Metrics",
     "OptionScores",
     "compute_metrics",

@@ -1,20 +1,10 @@
 """Reading the answer out of a generation, and normalising answers for comparison.
 
-``extract_answer(text, pattern)`` returns the normalised answer or ``None`` when the
-text does not contain one (a malformed answer, which counts as wrong). ``pattern``
-is a regex whose first group (or whole match) is the answer, or one of the presets:
-
-- ``choice``: a capital letter A-E after "the answer is" (phrase in any case, optional
-  ":" / "(" / "**"), e.g. ScienceQA's "The answer is B."; else a lone capital letter
-  as the whole output. A lower-case letter is not read ("the answer is a dog").
-- ``number``: GSM8K style; "#### 42" first, then "the answer is 42" (``$``, commas,
-  a sign, decimals allowed), normalised numerically ("1,234.50" -> "1234.5").
-- ``last_number``: the last number anywhere in the text (a lenient GSM8K reading).
-- ``first_word``: the first word of the output (label words such as "yes",
-  "acceptable", "equivalent").
-
-A custom regex is compiled as given (add ``(?i)`` for case-insensitivity); presets
-ignore case except where noted.
+The one answer-reading path: every task names its regex (``TaskSpec.answer_pattern``),
+and ``extract_answer(text, pattern)`` returns the normalised first group (the whole
+match if the regex has no group), or ``None`` when the text does not contain one (a
+malformed answer, which counts as wrong). The regex is compiled as given (add
+``(?i)`` for case-insensitivity).
 
 Normalisation (:func:`normalize_answer`, applied to predictions and gold answers
 alike): an answer that reads as a number ("-1,234.50", "$12", "3.") becomes its
@@ -31,19 +21,6 @@ from decimal import Decimal, InvalidOperation
 
 _NUM_STRICT = r"[-+]?\$?\s?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
 
-PRESETS: dict[str, list[str]] = {
-    "choice": [
-        r"answer\s+is\s*:?\s*\**\s*\(?((?-i:[A-E]))\b",
-        r"^\s*\(?((?-i:[A-E]))\)?[.:)]?\s*$",
-    ],
-    "number": [
-        rf"####\s*({_NUM_STRICT})",
-        rf"answer\s+is\s*:?\s*\**\s*({_NUM_STRICT})",
-    ],
-    "last_number": [rf"({_NUM_STRICT})(?!.*\d)"],
-    "first_word": [r"^\W*(\w+)"],
-}
-NUMERIC = {"number", "last_number"}
 _IS_NUMBER = re.compile(rf"\s*{_NUM_STRICT}\.?\s*")
 
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -84,32 +61,17 @@ def normalize_answer(text: str | None) -> str | None:
     return normalize(text) or None
 
 
-def _compile(pattern: str) -> list[re.Pattern]:
-    if pattern in PRESETS:
-        return [re.compile(p, re.IGNORECASE | re.DOTALL) for p in PRESETS[pattern]]
-    return [re.compile(pattern)]
-
-
-def extract_answer(text: str | None, pattern: str = "choice") -> str | None:
-    """The normalised answer found by ``pattern`` (preset name or regex), else ``None``.
-
-    A regex's first capturing group is the answer (the whole match if it has none);
-    the first pattern of a preset that matches wins, at its first match (for
-    ``last_number`` the last number).
-    """
+def extract_answer(text: str | None, pattern: str) -> str | None:
+    """The normalised answer the regex ``pattern`` finds in ``text`` (its first group, or
+    the whole match if it has none) at its first match, else ``None``."""
     if not text:
         return None
-    for rx in _compile(pattern):
-        m = rx.search(text)
-        if m is None:
-            continue
-        raw = m.group(1) if rx.groups else m.group(0)
-        if raw is None:
-            continue
-        if pattern in NUMERIC:
-            return normalize_number(raw)
-        return normalize_answer(raw)
-    return None
+    rx = re.compile(pattern)
+    m = rx.search(text)
+    if m is None:
+        return None
+    raw = m.group(1) if rx.groups else m.group(0)
+    return None if raw is None else normalize_answer(raw)
 
 
 def is_correct(prediction: str | None, gold: str | None) -> bool:
@@ -120,11 +82,10 @@ def is_correct(prediction: str | None, gold: str | None) -> bool:
     return prediction == normalize_answer(gold)
 
 
-def option_keys(options: list[str], pattern: str = "choice") -> list[str | None]:
+def option_keys(options: list[str], pattern: str) -> list[str | None]:
     """What a prediction is compared with for each option: the answer ``pattern`` reads
-    from the option itself ("The answer is B." -> "b"; "not equivalent" -> "not" for
-    ``first_word``) when it reads one from every option and they are distinct, else the
-    normalised option text."""
+    from the option itself ("The answer is B." -> "b") when it reads one from every
+    option and they are distinct, else the normalised option text."""
     keys = [extract_answer(o, pattern) for o in options]
     if all(k is not None for k in keys) and len(set(keys)) == len(keys):
         return keys

@@ -1,7 +1,7 @@
 """Batched greedy generation with left padding; returns only the newly generated text.
 
-Prompts are tokenised one by one (``add_special_tokens`` as the tokenizer does by
-default), sorted by length so each batch pads little, left-padded by hand (the
+Prompts are token-id lists (e.g. the datamodule's test prompts) or texts, tokenised
+one by one (``add_special_tokens`` as the tokenizer does by default); sorted by length so each batch pads little, left-padded by hand (the
 tokenizer's ``padding_side`` is not touched) and decoded with
 ``model.generate(do_sample=False, num_beams=1)``. Only the tokens after the prompt
 are decoded (special tokens skipped); outputs come back in the prompts' order.
@@ -24,6 +24,14 @@ def pad_id_of(tokenizer) -> int:
             "the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token"
         )
     return int(pad)
+
+
+def prompt_ids(tokenizer, prompt: str | Sequence[int]) -> list[int]:
+    """A prompt's token ids: a text tokenised as the tokenizer does by default (special
+    prefix tokens included), or a token-id list (already tokenised) as it is."""
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt)["input_ids"])
+    return [int(i) for i in prompt]
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +57,7 @@ def _truncate_at(text: str, stop: Sequence[str] | None) -> str:
 def generate(
     model,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Sequence[int]],
     max_new_tokens: int = 32,
     batch_size: int = 8,
     stop: Sequence[str] | None = None,
@@ -67,7 +75,7 @@ def generate(
     if not prompts:
         return []
     pad_id = pad_id_of(tokenizer)
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
     if max_prompt_tokens is not None:
         encoded = [e[-max_prompt_tokens:] for e in encoded]
     if any(len(e) == 0 for e in encoded):

@@ -1,7 +1,7 @@
 """Log-likelihood scoring of answer options: ``sum log p(option tokens | prompt)``.
 
 Tokenisation. The prompt is tokenised as the tokenizer does by default (special
-tokens included, e.g. a BOS), the option separately without special tokens, and
+tokens included, e.g. a BOS; a prompt given as token ids is used as it is), the option separately without special tokens, and
 the two id lists are concatenated. So the option tokens are exactly the option's
 own tokens, whatever the tokenizer would merge across the boundary of
 ``prompt + option``; put any separating space in the option (``" B"``) or at the
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from guilomo.eval.generate import pad_id_of
+from guilomo.eval.generate import pad_id_of, prompt_ids
 
 NORMALIZATIONS = ("none", "tokens", "chars")
 
@@ -60,10 +60,10 @@ class OptionScores:
 
 
 def encode_pair(
-    tokenizer, prompt: str, option: str, max_length: int | None = None
+    tokenizer, prompt: str | Sequence[int], option: str, max_length: int | None = None
 ) -> tuple[list[int], int]:
     """``(ids, n_option)``: prompt ids (left-truncated to fit ``max_length``) + option ids."""
-    p = list(tokenizer(prompt)["input_ids"])
+    p = prompt_ids(tokenizer, prompt)
     o = list(tokenizer(option, add_special_tokens=False)["input_ids"])
     if not o:
         raise ValueError(f"option {option!r} has no tokens")
@@ -97,7 +97,7 @@ def _accepts_logits_to_keep(model) -> bool:
 def score_options(
     model,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Sequence[int]],
     options: Sequence[Sequence[str]],
     batch_size: int = 8,
     padding_side: str = "right",
@@ -189,7 +189,7 @@ def score_options(
 def score_options_cached(
     model,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[str | Sequence[int]],
     options: Sequence[Sequence[str]],
     batch_size: int = 8,
     max_length: int | None = None,

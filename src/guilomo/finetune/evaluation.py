@@ -2,15 +2,17 @@
 
 ``mode=loglik`` ranks the options of multiple-choice tasks by log-likelihood;
 ``mode=generate`` decodes greedily and reads the answer with the task's regex.
-Free-form tasks always use generation. A progress bar named ``description`` shows
-the batches unless ``eval.progress`` is false.
+Free-form tasks always use generation. The prompts are the datamodule's test
+prompts (``test_data``, what ``test_dataloader`` batches): tokenised, and cut to
+``cutoff_len`` where the task truncates, exactly as for training. A progress bar named
+``description`` shows the batches unless ``eval.progress`` is false.
 """
 
 from __future__ import annotations
 
 import torch
 
-from guilomo.eval.evaluator import evaluate
+from guilomo.eval.evaluator import EvalSettings, evaluate
 from guilomo.utils.progress import eval_progress
 
 
@@ -18,10 +20,17 @@ def evaluate_datamodule(model, tokenizer, dm, eval_cfg, description: str = "test
     if not getattr(dm, "test_examples", None):
         dm.setup("test")
     examples = list(dm.test_examples)
+    prompts = [d["input_ids"] for d in dm.test_data]
     if eval_cfg.get("limit"):
-        examples = examples[: int(eval_cfg.limit)]
+        examples, prompts = examples[: int(eval_cfg.limit)], prompts[: int(eval_cfg.limit)]
     spec = dm.spec
-    mode = eval_cfg.mode if spec.multiple_choice else "generate"
+    settings = EvalSettings(
+        mode=eval_cfg.mode if spec.multiple_choice else "generate",
+        answer_pattern=spec.answer_pattern,
+        metrics=tuple(spec.metrics),
+        batch_size=int(eval_cfg.batch_size),
+        max_new_tokens=int(eval_cfg.max_new_tokens),
+    )
     # training targets end with eos, so an option is scored as "option<eos>": this also
     # keeps an option that is a prefix of another from winning by being shorter
     eos = tokenizer.eos_token if eval_cfg.get("option_eos", True) else ""
@@ -31,20 +40,16 @@ def evaluate_datamodule(model, tokenizer, dm, eval_cfg, description: str = "test
         result = evaluate(
             model,
             tokenizer,
-            prompts=[dm.prompt_text(ex) for ex in examples],
-            golds=[ex.answer for ex in examples],
+            prompts,
+            [ex.answer for ex in examples],
             options=[[o + eos for o in ex.options] for ex in examples]
             if spec.multiple_choice
             else None,
             labels=[ex.label for ex in examples] if spec.multiple_choice else None,
-            answer_pattern=spec.answer_pattern,
-            mode=mode,
-            metrics=list(spec.metrics),
-            batch_size=int(eval_cfg.batch_size),
-            max_new_tokens=int(eval_cfg.max_new_tokens),
+            settings=settings,
             progress=eval_progress(description, bool(eval_cfg.get("progress", True))),
         )
     model.train(was_training)
     result["n"] = len(examples)
-    result["mode"] = mode
+    result["mode"] = settings.mode
     return result

@@ -1,14 +1,13 @@
 """What every task shares: the ``TaskSpec`` record and small formatting helpers.
 
 A task's ``answer_pattern`` is a regex with one capture group, searched in a
-model generation; ``TaskSpec.extract`` returns the normalised capture (or None),
-to be compared with the normalised ``Example.answer`` (``TaskSpec.is_correct``).
+model generation by the one answer reader, :func:`guilomo.eval.answer.extract_answer`,
+and compared with the normalised ``Example.answer``.
 """
 
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,14 +17,6 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LETTER_PATTERN = r"[Tt]he answer is:?\s*\(?((?-i:[A-Z]))\b"  # capital letter even under re.I
 
 
-def strip(text: str) -> str:
-    return text.strip()
-
-
-def lower(text: str) -> str:
-    return text.strip().lower()
-
-
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
@@ -33,7 +24,6 @@ class TaskSpec:
     answer_pattern: str
     metrics: tuple[str, ...] = ("accuracy",)
     multiple_choice: bool = False
-    normalize: Callable[[str], str] = strip
 
     def load(self, split: str = "train", **kwargs) -> list[Example]:
         options = [p for p in inspect.signature(self.loader).parameters if p != "split"]
@@ -43,15 +33,6 @@ class TaskSpec:
                 f"task {self.name!r} has no option(s) {unknown}; its task_kwargs: {options}"
             )
         return self.loader(split=split, **kwargs)
-
-    def extract(self, text: str) -> str | None:
-        """The answer found in a generation, normalised; None if the pattern does not match."""
-        m = re.search(self.answer_pattern, text)
-        return None if m is None else self.normalize(m.group(1))
-
-    def is_correct(self, generation: str, example: Example) -> bool:
-        """Whether the answer extracted from ``generation`` equals the example's gold answer."""
-        return self.extract(generation) == self.normalize(example.answer)
 
 
 def only_train(task: str, split: str) -> None:

@@ -24,7 +24,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from guilomo.data.example import Example
-from guilomo.data.tasks.base import TaskSpec, lower, only_train
+from guilomo.data.tasks.base import TaskSpec, only_train
 from guilomo.utils.cache import cache_root
 
 REQUIREMENT = "bigbench==1.0.0"
@@ -128,4 +128,4 @@ def load(split="train", subtask="multiemo/reviews_sentence_en", cache_dir=None) 
     return examples
 
 
-SPEC = TaskSpec("bigbench", load, r"(?s)^\s*(.*?)\s*$", multiple_choice=True, normalize=lower)
+SPEC = TaskSpec("bigbench", load, r"(?s)^\s*(.*?)\s*$", multiple_choice=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from guilomo.data.example import Example
-from guilomo.data.tasks.base import TaskSpec, lower, only_train
+from guilomo.data.tasks.base import TaskSpec, only_train
 
 
 def corpus_dir() -> Path:
@@ -93,6 +93,6 @@ def load_qa(split="train", topics=None, data_dir=None) -> list[Example]:
 
 
 SPECS = [
-    TaskSpec("chatterbot_topic", load_topic, r"^\s*(\w+)", multiple_choice=True, normalize=lower),
+    TaskSpec("chatterbot_topic", load_topic, r"^\s*(\w+)", multiple_choice=True),
     TaskSpec("chatterbot_qa", load_qa, r"(?s)^\s*(.*?)\s*$"),
 ]

@@ -8,7 +8,7 @@ no labels (-1; skipped): evaluate on 'validation'.
 from __future__ import annotations
 
 from guilomo.data.example import Example
-from guilomo.data.tasks.base import TaskSpec, lower
+from guilomo.data.tasks.base import TaskSpec
 from guilomo.data.tasks.hub import load_rows
 
 GLUE = {  # config: (instruction, input fields with their prompt names, label words, metrics)
@@ -53,9 +53,7 @@ def _loader(config: str):
 def _spec(config: str) -> TaskSpec:
     words, metrics = GLUE[config][2], GLUE[config][3]
     alternatives = "|".join(sorted(words, key=len, reverse=True))  # longest first: not_x before x
-    return TaskSpec(
-        f"glue_{config}", _loader(config), rf"(?i)\b({alternatives})\b", metrics, True, lower
-    )
+    return TaskSpec(f"glue_{config}", _loader(config), rf"(?i)\b({alternatives})\b", metrics, True)
 
 
 SPECS = [_spec(c) for c in GLUE]

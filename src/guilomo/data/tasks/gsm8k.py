@@ -33,4 +33,4 @@ def load(split="train", path="openai/gsm8k", name="main", data_files=None, keep_
     return examples
 
 
-SPEC = TaskSpec("gsm8k", load, PATTERN, normalize=number)
+SPEC = TaskSpec("gsm8k", load, PATTERN)
