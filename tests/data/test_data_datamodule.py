@@ -202,3 +202,32 @@ def test_cutoff_shorter_than_prompt(make_dm):
     target = batch["labels"][0][batch["labels"][0] != -100]
     assert target[-1] == dm.tokenizer.eos_token_id  # prompt cut from the left, target whole
     assert max(len(d["input_ids"]) for d in dm.test_data) <= 32
+
+
+def test_evaluation_scores_the_test_loaders_prompts(make_dm, monkeypatch):
+    """One test-prompt path: evaluation gets the prompts test_dataloader batches (here cut
+    to cutoff_len from the left, as in training), not a second tokenisation of the text."""
+    from omegaconf import OmegaConf
+
+    import guilomo.finetune.evaluation as ev
+
+    dm = make_dm("chatterbot_topic", cutoff_len=32, truncate=True, eval_batch_size=64)
+    batch = next(iter(dm.test_dataloader()))
+    pairs = zip(batch["input_ids"], batch["attention_mask"], strict=True)
+    loader_prompts = [ids[mask.bool()].tolist() for ids, mask in pairs]
+    seen = {}
+
+    def fake_evaluate(model, tokenizer, prompts, golds, options=None, labels=None, settings=None):
+        seen.update(prompts=prompts, golds=golds, settings=settings)
+        return {"accuracy": 0.0, "n": len(prompts), "invalid": 0, "mode": settings.mode}
+
+    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    cfg = OmegaConf.create(
+        {"mode": "loglik", "batch_size": 4, "max_new_tokens": 4, "option_eos": True, "limit": 5}
+    )
+    ev.evaluate_datamodule(torch.nn.Linear(1, 1), dm.tokenizer, dm, cfg)
+    assert seen["prompts"] == loader_prompts[:5]
+    assert seen["golds"] == [e.answer for e in dm.test_examples[:5]]
+    assert seen["settings"].answer_pattern == dm.spec.answer_pattern
+    full = [dm.tokenizer(dm.prompt_text(e))["input_ids"] for e in dm.test_examples[:5]]
+    assert any(len(p) < len(f) for p, f in zip(seen["prompts"], full, strict=True))
