@@ -62,7 +62,7 @@ def build_allocation(
     (the run's budget). A builder that takes the budget fits it (random) or checks it
     (file); any other allocation is scaled to an active budget (:func:`scale_to_budget`).
     """
-    build = hydra.utils.instantiate(spec)
+    build = hydra.utils.instantiate(spec, _convert_="all")
     run = {"num_layers": num_layers, "budget": budget}
     bound = {k: run[k] for k in RUN_BOUND if k in spec and spec[k] is None}
     alloc = build(targets, **bound)
