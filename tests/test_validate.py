@@ -75,10 +75,10 @@ TRAIN_CASES = [
     ("impl", ["adapter.impl=fused"], ConfigError, "impl='fused'"),
     ("num_layers text", ["backbone.loader.num_layers=two"], ConfigError, "num_layers='two'"),
     (
-        "allocation kind",
-        ["allocation=uniform", "allocation.kind=magic"],
+        "allocation target",
+        ["allocation=uniform", "allocation._target_=guilomo.baselines.magic"],
         ConfigError,
-        "allocation.kind",
+        "allocation._target_",
     ),
     ("rank 1e12", ["allocation=uniform", "allocation.rank=1000000000000"], ConfigError, "GiB"),
     (

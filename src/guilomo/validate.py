@@ -45,7 +45,7 @@ ALLOCATION_INTS = (
     "r_max",
     "num_layers",
     "k",
-    "random_seed",
+    "seed",
 )  # checkpoint key holding what the run that wrote it was
 
 
@@ -104,6 +104,19 @@ def check_bool(key: str, v) -> None:
 def check_choice(key: str, v, allowed) -> None:
     if v not in allowed:
         raise ConfigError(f"{key}={v!r} is not one of {list(allowed)}")
+
+
+def check_target(key: str, target) -> object:
+    """The function a config's ``_target_`` names (importable), else a ConfigError."""
+    from hydra.utils import get_method
+
+    try:
+        return get_method(str(target))
+    except Exception as e:  # hydra raises ImportError / ValueError variants
+        raise ConfigError(
+            f"{key}={target!r} is not a function guilomo can import ({e}); pick a file of "
+            "conf/allocation/ (e.g. allocation=uniform) or name an importable function"
+        ) from e
 
 
 def check_fields(prefix: str, cls, data: dict) -> None:
@@ -378,20 +391,17 @@ def train_fingerprint(cfg: DictConfig, num_layers: int, allocation) -> dict:
 
 def validate_train(cfg: DictConfig) -> None:
     """Every check of ``train.py`` that needs no weights; raises before the backbone loads."""
-    from guilomo.baselines import KINDS as ALLOCATION_KINDS
-    from guilomo.eval.evaluate import MODES
+    from guilomo.baselines import alphalora
+    from guilomo.eval.evaluator import MODES
     from guilomo.finetune.run import resolve_allocation
     from guilomo.moe import module_shapes
 
     check_common(cfg)
-    kind = get(cfg, "allocation.kind")
-    check_choice("allocation.kind", kind, ALLOCATION_KINDS)
+    build = check_target("allocation._target_", get(cfg, "allocation._target_"))
     spec = get(cfg, "allocation")
     for key in ALLOCATION_INTS:
         if key in spec:
-            check_int(
-                f"allocation.{key}", spec[key], 0 if key == "random_seed" else 1, none_ok=True
-            )
+            check_int(f"allocation.{key}", spec[key], 0 if key == "seed" else 1, none_ok=True)
     if "pattern" in spec and not (
         isinstance(spec["pattern"], list) and all(is_int(x) and x >= 1 for x in spec["pattern"])
     ):
@@ -400,7 +410,7 @@ def validate_train(cfg: DictConfig) -> None:
         )
     if "beta" in spec:
         check_real("allocation.beta", spec["beta"], positive=True)
-    if kind == "file" and (not isinstance(spec.get("path"), str) or spec["path"] == "???"):
+    if "path" in spec and (not isinstance(spec.get("path"), str) or spec["path"] == "???"):
         raise ConfigError(
             "allocation=file needs allocation.path=<allocation.json written by search.py>"
         )
@@ -423,7 +433,7 @@ def validate_train(cfg: DictConfig) -> None:
     targets = check_targets(cfg, model)
     n = int(model.config.num_hidden_layers)
     allocation = None
-    if kind != "alphalora":  # AlphaLoRA reads the weights' spectra: checked after loading
+    if build is not alphalora:  # AlphaLoRA reads the weights' spectra: checked after loading
         allocation = prefixed("allocation", resolve_allocation, cfg, targets, n)
         params = allocation.trainable_params(module_shapes(targets))
         check_memory(
