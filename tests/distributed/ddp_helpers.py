@@ -122,3 +122,14 @@ class Replay(L.LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.val, batch_size=None)
+
+
+class StopAt(L.Callback):
+    """Ends the fit gracefully after ``step`` optimiser steps (an interrupted run)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True

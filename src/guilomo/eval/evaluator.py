@@ -87,6 +87,7 @@ def evaluate(
     settings: EvalSettings = EvalSettings(),
     return_predictions: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
+    num_classes: int | None = None,
 ) -> dict:
     """Metrics of ``model`` on the prompts: ``{metric: value, ..., "n", "invalid", "mode"}``.
 
@@ -94,7 +95,10 @@ def evaluate(
     With ``return_predictions`` the result also holds ``predictions`` (option index or
     normalised answer, ``None`` if unreadable), ``targets`` and, for ``generate``,
     ``outputs`` (the generated texts). ``progress`` wraps the loop over batches
-    (a progress display, :func:`guilomo.utils.progress.eval_progress`).
+    (a progress display, :func:`guilomo.utils.progress.eval_progress`). ``num_classes``
+    (default: the most options of any prompt) must be the same on every process of a
+    data-parallel evaluation, where each process passes its shard of the prompts and the
+    metrics, ``n`` and ``invalid`` are those of all shards (:class:`~guilomo.eval.metrics.Metrics`).
     """
     s = settings
     prompts, golds = list(prompts), list(golds)
@@ -148,16 +152,12 @@ def evaluate(
                 )
                 for out, o in zip(outputs, options, strict=True)
             ]
-        num_classes = max(2, max(len(o) for o in options)) if options else 2
+        if num_classes is None:
+            num_classes = max(2, max(len(o) for o in options)) if options else 2
         tracker = Metrics(s.metrics, num_classes=num_classes)
         shown = preds
     tracker.update(preds, targets)
-    result: dict = {
-        **tracker.compute(),
-        "n": len(prompts),
-        "invalid": tracker.invalid,
-        "mode": s.mode,
-    }
+    result: dict = {**tracker.compute(), **tracker.totals(), "mode": s.mode}
     if return_predictions:
         result["predictions"] = shown
         result["targets"] = golds if options is None else targets

@@ -13,6 +13,12 @@ enters the MCC/F1 confusion matrix as a mistake.
 
 MCC and F1 need ``num_classes == 2``. Values are floats in ``[0, 1]`` (MCC in
 ``[-1, 1]``); ``compute`` before any update gives NaN.
+
+Data-parallel evaluation: when ``torch.distributed`` is initialised (e.g. after a
+Lightning DDP fit), every process updates with its own shard of the examples and
+``compute`` / ``totals`` return the values over all shards (torchmetrics syncs its
+states, the example and invalid counts included). Every process must then call them,
+in the same order.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torchmetrics import SumMetric
 from torchmetrics.classification import BinaryF1Score, BinaryMatthewsCorrCoef, MulticlassAccuracy
 
 METRICS = ("accuracy", "mcc", "f1")
@@ -54,8 +61,9 @@ class Metrics:
                 self._metrics[n] = BinaryMatthewsCorrCoef()
             else:
                 self._metrics[n] = BinaryF1Score()
-        self.count = 0
+        self.count = 0  # this process's examples (``totals`` for all processes)
         self.invalid = 0
+        self._totals = {"n": SumMetric(), "invalid": SumMetric()}
 
     def update(self, preds: Sequence[int | None], targets: Sequence[int]) -> None:
         if len(preds) != len(targets):
@@ -82,14 +90,20 @@ class Metrics:
             else:
                 m.update((pt == self.positive).long(), (tt == self.positive).long())
         self.count += len(t)
+        self._totals["n"].update(torch.tensor(float(len(t))))
+        self._totals["invalid"].update(torch.tensor(float(sum(x is None for x in preds))))
+
+    def totals(self) -> dict[str, int]:
+        """``{"n": examples, "invalid": unreadable predictions}`` over all processes."""
+        return {k: int(m.compute()) for k, m in self._totals.items()}
 
     def compute(self) -> dict[str, float]:
-        if self.count == 0:
+        if self.totals()["n"] == 0:
             return {n: math.nan for n in self.names}
         return {n: float(m.compute()) for n, m in self._metrics.items()}
 
     def reset(self) -> None:
-        for m in self._metrics.values():
+        for m in (*self._metrics.values(), *self._totals.values()):
             m.reset()
         self.count = 0
         self.invalid = 0

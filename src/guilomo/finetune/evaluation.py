@@ -6,6 +6,11 @@ Free-form tasks always use generation. The prompts are the datamodule's test
 prompts (``test_data``, what ``test_dataloader`` batches): tokenised, and cut to
 ``cutoff_len`` where the task truncates, exactly as for training. A progress bar named
 ``description`` shows the batches unless ``eval.progress`` is false.
+
+Data-parallel (``world_size > 1``, after a Lightning DDP/FSDP fit): process ``rank``
+scores every ``world_size``-th test example and the metrics are gathered over the
+processes by torchmetrics, so each example is scored once and every process gets the
+metrics of the whole test set.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from guilomo.eval.evaluator import EvalSettings, evaluate
 from guilomo.utils.progress import eval_progress
 
 
-def evaluate_datamodule(model, tokenizer, dm, eval_cfg, description: str = "test") -> dict:
+def evaluate_datamodule(
+    model, tokenizer, dm, eval_cfg, description: str = "test", rank: int = 0, world_size: int = 1
+) -> dict:
     if not getattr(dm, "test_examples", None):
         dm.setup("test")
     examples = list(dm.test_examples)
@@ -24,6 +31,14 @@ def evaluate_datamodule(model, tokenizer, dm, eval_cfg, description: str = "test
     if eval_cfg.get("limit"):
         examples, prompts = examples[: int(eval_cfg.limit)], prompts[: int(eval_cfg.limit)]
     spec = dm.spec
+    # the same classes on every shard (the metric states must match to be gathered)
+    num_classes = max([2, *(len(ex.options) for ex in examples)])
+    if len(examples) < world_size:
+        raise ValueError(
+            f"{len(examples)} test examples cannot be shared by {world_size} processes: "
+            "raise task.datamodule.test_size / eval.limit"
+        )
+    examples, prompts = examples[rank::world_size], prompts[rank::world_size]
     settings = EvalSettings(
         mode=eval_cfg.mode if spec.multiple_choice else "generate",
         answer_pattern=spec.answer_pattern,
@@ -47,9 +62,9 @@ def evaluate_datamodule(model, tokenizer, dm, eval_cfg, description: str = "test
             else None,
             labels=[ex.label for ex in examples] if spec.multiple_choice else None,
             settings=settings,
-            progress=eval_progress(description, bool(eval_cfg.get("progress", True))),
+            progress=eval_progress(description, bool(eval_cfg.get("progress", True)) and rank == 0),
+            num_classes=num_classes if spec.multiple_choice else None,
         )
     model.train(was_training)
-    result["n"] = len(examples)
     result["mode"] = settings.mode
     return result

@@ -14,7 +14,7 @@ from torch import nn
 
 from guilomo.guards import FiniteGuard
 from guilomo.objective import Objective, linear_schedule
-from guilomo.utils.rng import rng_state, set_rng_state
+from guilomo.utils.rng import gather_rng_states, restore_rng_states
 from guilomo.validate import FINGERPRINT
 
 
@@ -89,7 +89,7 @@ class FinetuneModule(L.LightningModule):
         checkpoint["state_dict"] = self.trainable_state_dict()
         if self.run_info is not None:
             checkpoint[FINGERPRINT] = self.run_info
-        checkpoint["rng"] = rng_state()
+        checkpoint["rng"] = gather_rng_states(self)  # one state per process
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         expected = set(self.trainable_state_dict())
@@ -102,4 +102,4 @@ class FinetuneModule(L.LightningModule):
             )
         rng = checkpoint.get("rng")
         if rng:
-            set_rng_state(rng)
+            restore_rng_states(rng, self.trainer.global_rank, self.trainer.world_size)

@@ -115,17 +115,29 @@ def run_train(cfg: DictConfig) -> dict:
     validate_train(cfg)  # every check that needs no weights, before the backbone loads
     L.seed_everything(cfg.seed, workers=True)
     out = run_dir(cfg)
+    # built first: under DDP/FSDP every process runs this function, and only rank
+    # zero writes files (the trainer knows its rank before fit)
+    trainer = build_trainer(cfg)
     model, tokenizer = build_backbone(cfg)
     num_layers = model.config.num_hidden_layers
     targets = build_targets(cfg, model)
     shapes = module_shapes(targets)
     alloc = resolve_allocation(cfg, targets, num_layers)
-    alloc.save(out / "allocation.json")
     method, budget = alloc.method, budget_record(cfg, alloc, shapes)
-    log.info("allocation (%s): %s", method, alloc.summary())
-    heatmap = save_heatmap(
-        alloc, out / HEATMAP_FILE, title=f"{method} on {cfg.backbone.id}: {alloc.summary()}"
+    order = alloc.meta.get("order") if method == "guilomo" else None  # search variant
+    variant = f"{order}_order" if order else None
+    identity = run_identity(
+        "train", method, cfg.backbone.id, cfg.task.id, budget, cfg.seed, variant
     )
+    usage = RouterUsage()
+    trainer = build_trainer(cfg, identity=identity, extra_callbacks=[usage])
+    log.info("allocation (%s): %s", method, alloc.summary())
+    heatmap = None
+    if trainer.is_global_zero:  # data-parallel: one process writes the run's files
+        alloc.save(out / "allocation.json")
+        heatmap = save_heatmap(
+            alloc, out / HEATMAP_FILE, title=f"{method} on {cfg.backbone.id}: {alloc.summary()}"
+        )
 
     dm = build_datamodule(cfg, tokenizer)
     dm.setup("fit")
@@ -148,13 +160,6 @@ def run_train(cfg: DictConfig) -> dict:
         sparse_logits=cfg.sparse_logits,
         run_info=train_fingerprint(cfg, num_layers, alloc),
     )
-    order = alloc.meta.get("order") if method == "guilomo" else None  # search variant
-    variant = f"{order}_order" if order else None
-    identity = run_identity(
-        "train", method, cfg.backbone.id, cfg.task.id, budget, cfg.seed, variant
-    )
-    usage = RouterUsage()
-    trainer = build_trainer(cfg, identity=identity, extra_callbacks=[usage])
     params = config_params(
         cfg, method=method, variant=variant, budget=budget, trainable_params=n_params
     )
@@ -167,13 +172,21 @@ def run_train(cfg: DictConfig) -> dict:
     # everything after training: the adapter first, then metrics.json, then the rest;
     # a failure here names the finished work kept on disk
     with keep_finished_work(last_checkpoint(trainer)) as kept:
-        if cfg.save_adapter:
+        # every process holds the same adapter; one writes it
+        if cfg.save_adapter and trainer.is_global_zero:
             kept.append(
                 save_adapter(model, out / "adapter", alloc, lora_cfg, base_model=cfg.backbone.id)
             )
         model.eval()
+        # each process scores its shard of the test set; the metrics are gathered
         metrics["finetuned"] = evaluate_datamodule(
-            model, tokenizer, dm, cfg.eval, "fine-tuned test"
+            model,
+            tokenizer,
+            dm,
+            cfg.eval,
+            "fine-tuned test",
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
         )
         result = {
             "stage": "train",
@@ -194,6 +207,8 @@ def run_train(cfg: DictConfig) -> dict:
             "metrics": metrics,
         }
         result["scalars"] = {**result_scalars(result, val), **allocation_scalars(alloc)}
+        if not trainer.is_global_zero:  # the gathered metrics are the same on every process
+            return result
         path = atomic_write_text(out / "metrics.json", json.dumps(result, indent=1) + "\n")
         kept.append(path)
         log_final(trainer.loggers, params, result["scalars"], step=trainer.global_step)

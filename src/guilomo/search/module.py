@@ -50,7 +50,7 @@ from guilomo.search.layer import (
     pass_mode,
     search_layers,
 )
-from guilomo.utils.rng import rng_state, set_rng_state
+from guilomo.utils.rng import gather_rng_states, restore_rng_states
 from guilomo.validate import FINGERPRINT
 
 
@@ -330,12 +330,13 @@ class SearchModule(L.LightningModule):
         # exact resume: the RNG states (dropout), where the held-out val pass stands, and the
         # train half of an alternate pair; the GSVs are parameters, the optimisers, the
         # scheduler and the train loader's position are saved by Lightning
-        checkpoint["rng"] = rng_state()
+        checkpoint["rng"] = gather_rng_states(self)  # one state per process
         checkpoint["search_state"] = {"val_batches": self._val_taken, "pending": self._pending}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng" in checkpoint:
-            set_rng_state(checkpoint["rng"])
+            trainer = self.trainer
+            restore_rng_states(checkpoint["rng"], trainer.global_rank, trainer.world_size)
         state = checkpoint.get("search_state") or {}
         self._val_iter, self._val_resume = None, int(state.get("val_batches", 0))
         self._pending = state.get("pending")
