@@ -15,13 +15,17 @@ from omegaconf import DictConfig, OmegaConf
 from guilomo.allocation import Allocation
 from guilomo.baselines.scale import scale_to_budget
 from guilomo.budget import Budget
+from guilomo.checkpointing import enable_gradient_checkpointing
 from guilomo.moe import LoraMoEConfig, find_targets, module_shapes
 from guilomo.utils.loggers import RunIdentity, with_identity
 
 
 def build_backbone(cfg: DictConfig):
-    """(model, tokenizer) from ``cfg.backbone.loader``."""
-    return hydra.utils.call(cfg.backbone.loader)
+    """(model, tokenizer) from ``cfg.backbone.loader``; ``gradient_checkpointing`` if set."""
+    model, tokenizer = hydra.utils.call(cfg.backbone.loader)
+    if cfg.get("gradient_checkpointing"):
+        enable_gradient_checkpointing(model)
+    return model, tokenizer
 
 
 def build_targets(cfg: DictConfig, model):
