@@ -153,6 +153,7 @@ def check_fields(prefix: str, cls, data: dict) -> None:
 # -- groups shared by both stages --------------------------------------------------------
 def check_common(cfg: DictConfig) -> None:
     check_int("seed", get(cfg, "seed"))
+    check_bool("gradient_checkpointing", get(cfg, "gradient_checkpointing", False))
     check_int(
         "backbone.loader.num_layers", get(cfg, "backbone.loader.num_layers", None), 1, none_ok=True
     )
