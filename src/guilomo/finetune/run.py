@@ -115,9 +115,6 @@ def run_train(cfg: DictConfig) -> dict:
     validate_train(cfg)  # every check that needs no weights, before the backbone loads
     L.seed_everything(cfg.seed, workers=True)
     out = run_dir(cfg)
-    # built first: under DDP/FSDP every process runs this function, and only rank
-    # zero writes files (the trainer knows its rank before fit)
-    trainer = build_trainer(cfg)
     model, tokenizer = build_backbone(cfg)
     num_layers = model.config.num_hidden_layers
     targets = build_targets(cfg, model)
@@ -130,6 +127,8 @@ def run_train(cfg: DictConfig) -> dict:
         "train", method, cfg.backbone.id, cfg.task.id, budget, cfg.seed, variant
     )
     usage = RouterUsage()
+    # under DDP/FSDP every process runs this function and only rank zero writes files
+    # (the trainer knows its rank before fit); W&B names the run from the allocation
     trainer = build_trainer(cfg, identity=identity, extra_callbacks=[usage])
     log.info("allocation (%s): %s", method, alloc.summary())
     heatmap = None
