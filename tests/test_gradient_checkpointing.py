@@ -9,8 +9,8 @@ from compose import compose_cfg
 from helpers import randomize_adapter
 
 from guilomo.allocation import Allocation, ModuleAllocation
-from guilomo.lm_loss import sparse_lm_loss
 from guilomo.moe import LoraMoEConfig, aux_loss, find_targets, inject_adapter
+from guilomo.objective import sparse_lm_loss
 from guilomo.pipeline import build_backbone
 from guilomo.search.architect import Architect
 from guilomo.search.layer import gsv_parameters, inject_search_adapter, inner_parameters
