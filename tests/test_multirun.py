@@ -95,7 +95,10 @@ def test_joblib_multirun_one_finished_wandb_run_per_job(tmp_path):
         assert run.group == "train-mola_2468-tiny_llama-chatterbot_topic-none"
         assert {"mola_2468", "tiny_llama", f"seed:{seed}", "budget:none"} <= set(run.tags)
         # the resolved config, with the method and budget
-        assert run.config["seed"] == seed and run.config["allocation"]["kind"] == "mola"
+        assert (
+            run.config["seed"] == seed
+            and run.config["allocation"]["_target_"] == "guilomo.baselines.mola"
+        )
         assert run.config["trainer"]["max_steps"] == 2
         assert run.config["method"] == "mola_2468"
         assert run.config["budget"]["kind"] == "none"

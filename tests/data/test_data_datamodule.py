@@ -217,7 +217,9 @@ def test_evaluation_scores_the_test_loaders_prompts(make_dm, monkeypatch):
     loader_prompts = [ids[mask.bool()].tolist() for ids, mask in pairs]
     seen = {}
 
-    def fake_evaluate(model, tokenizer, prompts, golds, options=None, labels=None, settings=None):
+    def fake_evaluate(
+        model, tokenizer, prompts, golds, options=None, labels=None, settings=None, **_
+    ):
         seen.update(prompts=prompts, golds=golds, settings=settings)
         return {"accuracy": 0.0, "n": len(prompts), "invalid": 0, "mode": settings.mode}
 

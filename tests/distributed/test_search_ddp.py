@@ -112,11 +112,12 @@ def test_search_ddp_two_processes_equals_one_process(tmp_path, order, monkeypatc
     ddp_alloc = Allocation.load(run / "allocation.json")
     ref_alloc, ref_gsv = _single_process_reference(tmp_path, overrides, records, monkeypatch)
     # the DDP run wrote the files a one-process run writes and nothing else (the second
-    # process only its Hydra log): no per-process copies, no leftover temporary files
-    logs = {"search.log", "train_ddp_process_1.log"}
-    assert {p.name for p in run.iterdir()} - logs == {
+    # process only its Hydra log): no per-process copies, no leftover temporary files.
+    # Hydra's own files are left out: the reference runs in-process, without Hydra's app
+    hydra_files = {".hydra", "search.log", "train_ddp_process_1.log"}
+    assert {p.name for p in run.iterdir()} - hydra_files == {
         p.name for p in (tmp_path / "single").iterdir()
-    } - logs
+    } - hydra_files
     final, init = r0[-1]["gsv"], records[0]["init"]
     for ga, gb in zip(init, records[1]["init"], strict=True):
         assert torch.equal(ga, gb)  # the same seeded start

@@ -14,7 +14,7 @@ from torch import nn
 
 from guilomo.guards import FiniteGuard
 from guilomo.objective import Objective, linear_schedule
-from guilomo.utils.rng import gather_rng_states, restore_rng_states
+from guilomo.utils.rng import gather_rng_states, process_position, restore_rng_states
 from guilomo.validate import FINGERPRINT
 
 
@@ -102,4 +102,4 @@ class FinetuneModule(L.LightningModule):
             )
         rng = checkpoint.get("rng")
         if rng:
-            restore_rng_states(rng, self.trainer.global_rank, self.trainer.world_size)
+            restore_rng_states(rng, *process_position(self))

@@ -50,7 +50,7 @@ from guilomo.search.layer import (
     pass_mode,
     search_layers,
 )
-from guilomo.utils.rng import gather_rng_states, restore_rng_states
+from guilomo.utils.rng import gather_rng_states, process_position, restore_rng_states
 from guilomo.validate import FINGERPRINT
 
 
@@ -335,8 +335,7 @@ class SearchModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng" in checkpoint:
-            trainer = self.trainer
-            restore_rng_states(checkpoint["rng"], trainer.global_rank, trainer.world_size)
+            restore_rng_states(checkpoint["rng"], *process_position(self))
         state = checkpoint.get("search_state") or {}
         self._val_iter, self._val_resume = None, int(state.get("val_batches", 0))
         self._pending = state.get("pending")

@@ -82,12 +82,17 @@ def _from_tensors(t: dict[str, torch.Tensor]) -> dict:
 def gather_rng_states(module) -> list[dict]:
     """Every process's :func:`rng_state`, in rank order (call it on every process)."""
     state = rng_state()
-    trainer = getattr(module, "_trainer", None)
-    if trainer is None or trainer.world_size < 2:
+    _, world = process_position(module)
+    if world < 2:
         return [state]
     gathered = module.all_gather(_to_tensors(state))  # each (world, ...)
-    world = trainer.world_size
     return [_from_tensors({k: v[r] for k, v in gathered.items()}) for r in range(world)]
+
+
+def process_position(module) -> tuple[int, int]:
+    """``(rank, world_size)`` of the module's trainer; ``(0, 1)`` when it has none."""
+    trainer = getattr(module, "_trainer", None)
+    return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
 
 
 def restore_rng_states(states: list[dict] | dict, rank: int = 0, world_size: int = 1) -> None:
