@@ -1,9 +1,12 @@
 """Builders shared by the allocation / LoRA-MoE tests: a tiny random LLaMA, random
-heterogeneous allocations, and adapters with non-trivial weights."""
+heterogeneous allocations, and adapters with non-trivial weights; the repo root and
+the environment of tests that start ``train.py`` / ``search.py`` as processes."""
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -11,6 +14,16 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from guilomo.allocation import Allocation, ModuleAllocation
 from guilomo.moe import LoraMoELinear, adapter_modules
+
+ROOT = Path(__file__).resolve().parents[1]
+# offline, one thread per process (two of them share the 2 cores), tests/ importable
+SUBPROCESS_ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "PYTHONPATH": str(ROOT / "tests"),
+    "OMP_NUM_THREADS": "1",
+}
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VOCAB = 97

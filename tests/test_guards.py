@@ -3,28 +3,20 @@ the step and the quantity; the last checkpoint stays good and no result file is 
 load_adapter refuses non-finite or non-float tensors and non-finite settings."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import linear_names, random_allocation, randomize_adapter, tiny_llama
+from helpers import ROOT, linear_names, random_allocation, randomize_adapter, tiny_llama
+from helpers import SUBPROCESS_ENV as ENV
 
 from guilomo.allocation import AllocationError
 from guilomo.guards import FiniteGuard, NonFiniteError, first_non_finite
 from guilomo.moe import LoraMoEConfig, inject_adapter, load_adapter, save_adapter
 from guilomo.moe.io import CONFIG_FILE, WEIGHTS_FILE
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "WANDB_MODE": "offline",
-    "PYTHONPATH": str(ROOT / "tests"),
-    "OMP_NUM_THREADS": "1",
-}
 CKPT = [
     "callbacks=default",
     "~callbacks.rich_progress_bar",

@@ -9,22 +9,14 @@ weights, GSVs, both optimisers' states).
 """
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
+from helpers import ROOT
+from helpers import SUBPROCESS_ENV as ENV
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "WANDB_MODE": "offline",
-    "PYTHONPATH": str(ROOT / "tests"),
-    "OMP_NUM_THREADS": "1",
-}
 COMMON = [
     "backbone=tiny_llama",
     "logger=none",
