@@ -31,7 +31,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from guilomo.allocation import Allocation, ModuleAllocation, layer_of
+from guilomo.allocation import Allocation, layer_of, uniform
 from guilomo.moe.config import LoraMoEConfig
 from guilomo.moe.inject import inject_adapter
 from guilomo.moe.layer import LoraMoELinear, RoutingContext
@@ -239,9 +239,7 @@ def init_gsvs(model: nn.Module, seed: int) -> None:
 
 def max_allocation(names: Iterable[str], n_max: int, r_max: int, top_k: int, **meta) -> Allocation:
     """The search's starting point: ``n_max`` experts of rank ``r_max`` in every module."""
-    return Allocation(
-        {n: ModuleAllocation((r_max,) * n_max) for n in names}, top_k=min(top_k, n_max), meta=meta
-    )
+    return uniform(names, n_max, r_max, top_k=top_k, **meta)
 
 
 def inject_search_adapter(

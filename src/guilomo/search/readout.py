@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from guilomo.allocation import Allocation, ModuleAllocation
+from guilomo.allocation import Allocation, ModuleAllocation, uniform
 from guilomo.budget import Budget, BudgetError
 from guilomo.search.gsv import MIN_EXPERTS, selected_experts, selected_ranks
 
@@ -88,9 +88,7 @@ def minimum_allocation(
     names: Sequence[str], min_experts: int = MIN_EXPERTS, top_k: int = 2, **meta
 ) -> Allocation:
     """The smallest allocation budget fitting may reach: ``min_experts`` experts of rank 1."""
-    return Allocation(
-        {n: ModuleAllocation((1,) * min_experts) for n in names}, top_k=top_k, meta=meta
-    )
+    return uniform(names, min_experts, 1, top_k=top_k, **meta)
 
 
 @dataclass
