@@ -3,7 +3,7 @@
 # GuiLoMo's allocation and every baseline at its trainable parameters (budget=match)
 # -> the method x task table.
 #
-#   scripts/chain.sh cpu_twin                      # SmolLM2 (8 layers), offline tasks, CPU
+#   scripts/chain.sh cpu_twin                      # SmolLM2 (LoRA-MoE on the top 4 of 30 layers), offline tasks, CPU
 #   scripts/chain.sh paper                         # the paper's grid (GPU, hub)
 #   TASKS=chatterbot_topic SEEDS=1 scripts/chain.sh cpu_twin backbone=tiny_llama ...
 #
