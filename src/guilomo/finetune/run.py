@@ -19,6 +19,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from guilomo.allocation import Allocation
+from guilomo.budget import Budget
 from guilomo.finetune.evaluation import evaluate_datamodule
 from guilomo.finetune.module import FinetuneModule
 from guilomo.finetune.usage import COLUMNS as USAGE_COLUMNS
@@ -53,11 +54,14 @@ log = logging.getLogger(__name__)
 HEATMAP_FILE = "allocation_heatmap.png"
 
 
-def resolve_allocation(cfg: DictConfig, targets: dict, num_layers: int) -> Allocation:
-    """The allocation ``cfg.allocation`` builds for these targets; a baseline made for
-    this run records the run in its ``meta`` (a file keeps the meta it was saved with)."""
+def resolve_allocation(
+    cfg: DictConfig, targets: dict, num_layers: int, budget: Budget | None = None
+) -> Allocation:
+    """The allocation ``cfg.allocation`` builds for these targets under ``budget``
+    (default: the one ``cfg.budget`` builds); a baseline made for this run records the
+    run in its ``meta`` (a file keeps the meta it was saved with)."""
     shapes = module_shapes(targets)
-    budget = build_budget(cfg, shapes)
+    budget = build_budget(cfg, shapes) if budget is None else budget
     alloc = build_allocation(cfg.allocation, targets, num_layers, budget)
     run = {
         "method": alloc.method,
@@ -72,10 +76,9 @@ def resolve_allocation(cfg: DictConfig, targets: dict, num_layers: int) -> Alloc
     return alloc
 
 
-def budget_record(cfg: DictConfig, alloc: Allocation, shapes: dict) -> dict:
+def budget_record(budget: Budget, alloc: Allocation, shapes: dict) -> dict:
     """``{kind, value, spent[, matched]}`` of the run's budget; ``spent`` is what the
     allocation spends in the budget's unit (trainable parameters when there is none)."""
-    budget = build_budget(cfg, shapes)
     return {**budget.to_dict(), "spent": budget.measure(alloc, shapes)}
 
 
@@ -119,8 +122,9 @@ def run_train(cfg: DictConfig) -> dict:
     num_layers = model.config.num_hidden_layers
     targets = build_targets(cfg, model)
     shapes = module_shapes(targets)
-    alloc = resolve_allocation(cfg, targets, num_layers)
-    method, budget = alloc.method, budget_record(cfg, alloc, shapes)
+    run_budget = build_budget(cfg, shapes)  # once: budget=match reads its file here
+    alloc = resolve_allocation(cfg, targets, num_layers, run_budget)
+    method, budget = alloc.method, budget_record(run_budget, alloc, shapes)
     order = alloc.meta.get("order") if method == "guilomo" else None  # search variant
     variant = f"{order}_order" if order else None
     identity = run_identity(
