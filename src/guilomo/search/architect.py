@@ -14,6 +14,11 @@ hypergradient and steps the outer optimiser:
       H = [dL_train(Theta + eps v)/dG - dL_train(Theta - eps v)/dG] / (2 eps)
       grad_G = d_G - xi * H
 
+Before the outer optimiser steps, an optional :class:`CreditMeter` takes the
+hypergradient (and replaces it by its moving average when ``smooth``), and an optional
+:class:`BudgetLagrangian` adds the read-out's priced cost gradient, so a budget is
+enforced for any set of search layers an Architect drives.
+
 After the step the inner weights and the inner optimiser's state (``exp_avg``,
 ``exp_avg_sq``, ``step``) are bit-identical to what they were before; the reference's
 restore does nothing, so its Adam moments see every batch twice. The train-loss
@@ -29,6 +34,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from guilomo.search.credit import CreditMeter
+from guilomo.search.lagrangian import BudgetLagrangian
 
 ORDERS = ("first", "second")
 VIRTUAL_STEPS = ("sgd", "adamw")
@@ -133,6 +141,9 @@ class Architect:
             finite differences the mean ``v`` (so the same ``eps``), and the
             hypergradient is the mean of the per-process ones, which is linear in
             them given the shared Theta' and ``v``.
+        meter: tracks the credit's moving average and deviation (diagnostics).
+        smooth: step on the meter's moving average instead of this step's credit.
+        pricing: adds the budget's priced cost gradient (a budget-constrained search).
     """
 
     def __init__(
@@ -146,6 +157,9 @@ class Architect:
         order: str = "first",
         virtual_step: str = "sgd",
         reduce: Callable[[Tensor], Tensor] | None = None,
+        meter: CreditMeter | None = None,
+        smooth: bool = False,
+        pricing: BudgetLagrangian | None = None,
     ):
         if order not in ORDERS:
             raise ValueError(f"order='{order}' is not one of {list(ORDERS)}")
@@ -157,6 +171,9 @@ class Architect:
         self.train_loss, self.val_loss = train_loss, val_loss
         self.order, self.virtual_step = order, virtual_step
         self.reduce = reduce
+        if smooth and meter is None:
+            raise ValueError("smooth=True needs a CreditMeter (meter=...)")
+        self.meter, self.smooth, self.pricing = meter, smooth, pricing
 
     def hypergradient(
         self, train_batch: dict, val_batch: dict, xi: float
@@ -175,6 +192,13 @@ class Architect:
     def step(self, train_batch: dict, val_batch: dict, xi: float) -> Tensor:
         """One outer step; returns the (detached) validation loss it was computed on."""
         grads, loss = self.hypergradient(train_batch, val_batch, xi)
+        if self.meter is not None:
+            self.meter.update(grads, self.gsv)
+            if self.smooth:
+                grads = self.meter.smoothed(self.gsv)
+        if self.pricing is not None:
+            extra = self.pricing.penalty(self.gsv, grads)
+            grads = [g + e.to(g.dtype) for g, e in zip(grads, extra, strict=True)]
         for p, g in zip(self.gsv, grads, strict=True):
             p.grad = g
         self.outer_optimizer.step()

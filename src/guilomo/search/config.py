@@ -6,9 +6,10 @@ from dataclasses import asdict, dataclass, field, fields
 
 from guilomo.search.architect import ORDERS, VIRTUAL_STEPS
 from guilomo.search.gsv import CREDITS, MIN_EXPERTS, RANK_FLOORS
-from guilomo.search.layer import EXPERT_SIGNALS, GRANULARITIES
+from guilomo.search.layer import EXPERT_SIGNALS, GRANULARITIES, STARTS, WARMUP_PREFIXES
 
 VAL_SOURCES = ("heldout", "alternate")
+BUDGET_MODES = ("lagrangian", "posthoc")
 OUTER_SCHEDULES = ("linear", "constant")
 
 
@@ -75,6 +76,17 @@ class SearchSettings:
     virtual_step: str = "sgd"
     val_source: str = "heldout"
     warmup_outer_steps: int = 0
+    warmup_outer_fraction: float = 0.1  # warm-up = max(steps, fraction x real steps)
+    warmup_prefix: str = "full"  # what the inner weights train under during the warm-up
+    start: str = "random"  # initial GSVs: random (reference softmax(randn)) | uniform
+    start_experts: int | None = None  # uniform start: experts per module (None: n_max // 2)
+    start_rank: int | None = None  # uniform start: rank of every expert (None: r_max // 2)
+    init_seed: int | None = None  # seed of the GSV init (None: the run's seed)
+    budget_mode: str = "lagrangian"  # with a budget: lagrangian (inside the search) | posthoc
+    budget_lr: float = 0.3  # dual ascent step of the price of capacity
+    budget_lam: float = 1.0  # initial price (1: one unit costs a typical credit)
+    credit_ema: float = 0.9  # EMA factor of the credit meter (AdaLoRA's beta)
+    smooth_credit: bool = True  # the outer optimiser steps on the smoothed credit
     outer_every: int = 1
     min_experts: int = MIN_EXPERTS  # budget fitting keeps >= this many experts (1: hard floor)
     log_modules_every: int = 50
@@ -99,6 +111,9 @@ class SearchSettings:
             ("expert_signal", EXPERT_SIGNALS),
             ("expert_credit", CREDITS),
             ("rank_credit", CREDITS),
+            ("warmup_prefix", WARMUP_PREFIXES),
+            ("start", STARTS),
+            ("budget_mode", BUDGET_MODES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -114,6 +129,19 @@ class SearchSettings:
             raise ValueError(f"search.top_k={self.top_k} must be in [1, n_max={self.n_max}]")
         if self.outer_every < 1 or self.warmup_outer_steps < 0:
             raise ValueError("search.outer_every must be >= 1 and search.warmup_outer_steps >= 0")
+        if not 0.0 <= self.warmup_outer_fraction < 1.0:
+            raise ValueError(
+                f"search.warmup_outer_fraction={self.warmup_outer_fraction} must be in [0, 1)"
+            )
+        if not 0.0 <= self.credit_ema < 1.0:
+            raise ValueError(f"search.credit_ema={self.credit_ema} must be in [0, 1)")
+        if self.budget_lr <= 0 or self.budget_lam <= 0:
+            raise ValueError("search.budget_lr and search.budget_lam must be > 0")
+        for key, top in (("start_experts", self.n_max), ("start_rank", self.r_max)):
+            value = getattr(self, key)
+            low = MIN_EXPERTS if key == "start_experts" else 1
+            if value is not None and not low <= value <= top:
+                raise ValueError(f"search.{key}={value} must be in [{low}, {top}] or null")
         if not 1 <= self.min_experts <= self.n_max:
             raise ValueError(f"search.min_experts={self.min_experts} must be in [1, n_max]")
 
@@ -128,9 +156,13 @@ class SearchSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def outer_due(self, step: int) -> bool:
+    def warmup(self, total_steps: int | None = None) -> int:
+        """Real steps before the first GSV step: ``warmup_outer_steps``, or the fraction of
+        ``total_steps`` if that is more."""
+        by_fraction = int(self.warmup_outer_fraction * total_steps) if total_steps else 0
+        return max(self.warmup_outer_steps, by_fraction)
+
+    def outer_due(self, step: int, total_steps: int | None = None) -> bool:
         """Whether real step ``step`` (0-based) starts with an outer (GSV) step."""
-        return (
-            step >= self.warmup_outer_steps
-            and (step - self.warmup_outer_steps) % self.outer_every == 0
-        )
+        warmup = self.warmup(total_steps)
+        return step >= warmup and (step - warmup) % self.outer_every == 0

@@ -19,6 +19,13 @@ its ``delta_j = dL/dm_j`` is the first-order value of adding it; a kept expert's
 ``expert_credit`` / ``rank_credit`` pick the straight-through rule (:mod:`.gsv`).
 The whole module is computed with the production masked path (two GEMMs).
 
+During the search's warm-up (``search.warmup_prefix``) the inner weights can train under
+a prefix that is not the GSVs' own: ``full`` (every expert and rank on) or a random one
+drawn per step (:meth:`SearchLoraMoELinear.set_prefix`); the masks then carry no GSV
+gradient. :func:`init_gsvs` starts the GSVs from the reference's seeded
+``softmax(randn)`` or from a seed-free uniform read-out (every module at the same
+count and rank, :func:`uniform_gsvs`).
+
 With ``granularity="layer"`` the modules of one decoder layer share one expert GSV
 (:func:`tie_expert_gsvs`), so they always keep the same number of experts.
 """
@@ -37,6 +44,9 @@ from guilomo.moe.inject import inject_adapter
 from guilomo.moe.layer import LoraMoELinear, RoutingContext
 from guilomo.search.gsv import (
     CREDITS,
+    EXPERT_DROP,
+    EXPERT_KEEP,
+    MIN_EXPERTS,
     RANK_FLOORS,
     expert_gate,
     expert_mask,
@@ -47,6 +57,9 @@ from guilomo.search.gsv import (
 )
 
 GSV_NAMES = ("gsv_expert", "gsv_rank")
+WARMUP_PREFIXES = ("current", "full", "random")
+STARTS = ("random", "uniform")
+START_MARGIN = 0.1  # logit margin of the start entry of a uniform (seed-free) start
 GRANULARITIES = ("module", "layer")
 EXPERT_SIGNALS = ("logits", "output")
 
@@ -98,6 +111,8 @@ class SearchLoraMoELinear(LoraMoELinear):
         self.track_usage = True
         self.aux_enabled = True  # off for passes whose loss has no aux term (the val loss)
         self.usage: Tensor | None = None  # fraction of top-k assignments per expert (last forward)
+        # warm-up: (experts kept, rank kept per expert) that replace the GSVs' prefixes
+        self.prefix: tuple[Tensor, Tensor] | None = None
         self.reset_gsvs()
 
     @torch.no_grad()
@@ -108,7 +123,39 @@ class SearchLoraMoELinear(LoraMoELinear):
         self.rank_lambda.fill_(1.0)
 
     # -- the masks ----------------------------------------------------------------------
+    def set_prefix(self, prefix: str | None, generator: torch.Generator | None = None) -> None:
+        """Warm-up prefixes: ``None`` (the GSVs' own), ``full`` (everything on), ``random``
+        (experts uniform in ``MIN_EXPERTS..n_max``, each rank uniform in ``1..r_max``)."""
+        if prefix is None or prefix == "current":
+            self.prefix = None
+            return
+        if prefix not in WARMUP_PREFIXES:
+            raise ValueError(f"warmup_prefix='{prefix}' is not one of {list(WARMUP_PREFIXES)}")
+        n, r = self.n_max, self.r_max
+        if prefix == "full":
+            experts, ranks = torch.tensor(n), torch.full((n,), r)
+        else:
+            experts = torch.randint(MIN_EXPERTS, n + 1, (), generator=generator)
+            ranks = torch.randint(1, r + 1, (n,), generator=generator)
+        device = self.gsv_expert.device
+        self.prefix = (experts.to(device), ranks.to(device))
+
+    def _fixed_terms(self) -> tuple[Tensor, Tensor]:
+        """The masks of a fixed (warm-up) prefix: the same values, no GSV gradient."""
+        experts, ranks = self.prefix
+        device = self.gsv_expert.device
+        kept_e = torch.arange(self.n_max, device=device) < experts
+        kept_r = torch.arange(self.r_max, device=device)[None, :] < ranks[:, None]
+        floor = torch.tensor(self.rank_floor, device=device)
+        gate = self.rank_lambda * torch.where(kept_r, torch.ones_like(floor), floor)
+        bias = torch.where(kept_e, torch.tensor(EXPERT_KEEP), torch.tensor(EXPERT_DROP)).to(device)
+        if self.expert_signal == "output":
+            gate = gate * torch.where(kept_e, torch.ones_like(floor), floor)[:, None]
+        return bias, gate.reshape(-1)
+
     def search_terms(self) -> tuple[Tensor, Tensor]:
+        if self.prefix is not None:
+            return self._fixed_terms()
         s_e = torch.sigmoid(self.gsv_expert)
         gate = self.rank_lambda * rank_mask(
             torch.sigmoid(self.gsv_rank), self.rank_floor, self.rank_credit
@@ -124,7 +171,8 @@ class SearchLoraMoELinear(LoraMoELinear):
         """``expert_signal="output"`` with a soft floor: weight 1 on every dropped expert."""
         if self.expert_signal != "output" or self.rank_floor == 0:
             return None
-        kept = torch.arange(self.n_max, device=self.gsv_expert.device) < self.current_experts()
+        experts = self.current_experts() if self.prefix is None else self.prefix[0]
+        kept = torch.arange(self.n_max, device=self.gsv_expert.device) < experts
         return (~kept).to(torch.float32)
 
     @torch.no_grad()
@@ -224,17 +272,49 @@ def expert_groups(names: Iterable[str], granularity: str) -> dict[str, list[str]
     return groups
 
 
+def uniform_gsvs(n: int, start: int, shape: tuple[int, ...] = ()) -> Tensor:
+    """Seed-free GSV logits whose read-out is ``start``: zeros, ``START_MARGIN`` at ``start - 1``."""
+    g = torch.zeros(*shape, n)
+    g[..., start - 1] = START_MARGIN
+    return g
+
+
+def set_prefixes(model: nn.Module, prefix: str | None, generator=None) -> None:
+    """:meth:`SearchLoraMoELinear.set_prefix` on every search layer (``None``: the GSVs')."""
+    for m in search_layers(model).values():
+        m.set_prefix(prefix, generator)
+
+
 @torch.no_grad()
-def init_gsvs(model: nn.Module, seed: int) -> None:
-    """Seeded ``softmax(randn)`` init of every GSV, in module order, independent of the global RNG."""
+def init_gsvs(
+    model: nn.Module,
+    seed: int,
+    start: str = "random",
+    experts: int | None = None,
+    rank: int | None = None,
+) -> None:
+    """Initial GSVs of every search layer, in module order.
+
+    ``start="random"``: the reference's seeded ``softmax(randn)``, independent of the
+    global RNG. ``start="uniform"``: seed-free, every module reads out ``experts`` experts
+    of rank ``rank`` (default ``n_max // 2`` and ``r_max // 2``, at least the minimum).
+    """
+    if start not in STARTS:
+        raise ValueError(f"search.start='{start}' is not one of {list(STARTS)}")
     gen = torch.Generator().manual_seed(int(seed))
     seen: set[int] = set()
     for m in search_layers(model).values():
-        fresh_e = gsv_init(m.n_max, gen)
+        if start == "random":
+            fresh_e = gsv_init(m.n_max, gen)
+            fresh_r = gsv_init(m.r_max, gen, shape=(m.n_max,))
+        else:
+            e = max(MIN_EXPERTS, min(m.n_max, experts or m.n_max // 2))
+            fresh_e = uniform_gsvs(m.n_max, e)
+            fresh_r = uniform_gsvs(m.r_max, max(1, min(m.r_max, rank or m.r_max // 2)), (m.n_max,))
         if id(m.gsv_expert) not in seen:  # shared expert GSVs are drawn once
             seen.add(id(m.gsv_expert))
             m.gsv_expert.copy_(fresh_e)
-        m.gsv_rank.copy_(gsv_init(m.r_max, gen, shape=(m.n_max,)))
+        m.gsv_rank.copy_(fresh_r)
 
 
 def max_allocation(names: Iterable[str], n_max: int, r_max: int, top_k: int, **meta) -> Allocation:
@@ -255,6 +335,9 @@ def inject_search_adapter(
     expert_signal: str = "logits",
     expert_credit: str = "reference",
     rank_credit: str = "reference",
+    start: str = "random",
+    start_experts: int | None = None,
+    start_rank: int | None = None,
 ) -> nn.Module:
     """Freeze ``model`` and wrap the named linear modules with :class:`SearchLoraMoELinear`."""
     names = list(names)
@@ -279,5 +362,5 @@ def inject_search_adapter(
     inject_adapter(model, max_allocation(names, n_max, r_max, top_k), config, layer_factory=factory)
     if granularity == "layer":
         tie_expert_gsvs(model)
-    init_gsvs(model, seed)
+    init_gsvs(model, seed, start, start_experts, start_rank)
     return model

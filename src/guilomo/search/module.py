@@ -17,6 +17,15 @@ Val batches come from the datamodule's held-out split (cycled), or with
 either way ``global_step`` and the schedule count real steps: only the inner
 optimiser's step goes through Lightning (the outer one is stepped raw).
 
+With an active budget and ``budget_mode="lagrangian"`` the Architect prices capacity
+(:class:`BudgetLagrangian`), so the read-out stays within the budget during the search;
+a :class:`CreditMeter` always tracks the credit's moving average and its signal-to-noise
+(``credit/*``; :meth:`credit_report` per module). During the warm-up
+(``search.warmup(total)`` real steps) no GSV moves and the inner weights train under
+``warmup_prefix`` (``full``: every expert and rank on; ``random``: a prefix drawn per
+step from a generator seeded by the GSV init seed and the step, so a resume draws the
+same ones).
+
 Every real step also updates the :class:`SearchDiagnostics` (distance of the read-out
 from step 0, argmax flips, margins; logged as ``diag/*`` and ``gsv/*``), whose state
 travels in the checkpoint so a resumed search continues the same diagnostics.
@@ -33,10 +42,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from guilomo.allocation import layer_of
+from guilomo.budget import Budget
 from guilomo.guards import FiniteGuard
 from guilomo.objective import Objective, linear_schedule
 from guilomo.search.architect import Architect
 from guilomo.search.config import SearchSettings
+from guilomo.search.credit import CreditMeter, module_snr
 from guilomo.search.diagnostics import (
     DIAGNOSTICS_KEY,
     SearchDiagnostics,
@@ -44,11 +55,13 @@ from guilomo.search.diagnostics import (
     Selection,
     selection_of,
 )
+from guilomo.search.lagrangian import BudgetLagrangian
 from guilomo.search.layer import (
     gsv_parameters,
     inner_parameters,
     pass_mode,
     search_layers,
+    set_prefixes,
 )
 from guilomo.utils.rng import gather_rng_states, process_position, restore_rng_states
 from guilomo.validate import FINGERPRINT
@@ -88,6 +101,9 @@ class SearchModule(L.LightningModule):
         aux_coef, aux_reduction: weight and reduction of the load-balancing loss.
         val_dataloader: held-out batches; default: ``trainer.datamodule.val_dataloader()``.
         sparse_logits: the LM head only on target positions (same loss, less compute).
+        budget: the run's budget; with ``settings.budget_mode="lagrangian"`` it is
+            enforced during the outer steps.
+        init_seed: seed of the GSV init (the random warm-up prefixes derive from it).
     """
 
     def __init__(
@@ -99,6 +115,8 @@ class SearchModule(L.LightningModule):
         val_dataloader=None,
         run_info: dict | None = None,
         sparse_logits: bool = True,
+        budget: Budget | None = None,
+        init_seed: int = 0,
     ):
         super().__init__()
         self.model = model
@@ -120,6 +138,20 @@ class SearchModule(L.LightningModule):
         self._names = list(self._layers)
         self.diagnostics = SearchDiagnostics(names=self._names)
         self._theta = inner_parameters(model)
+        self._gsv = gsv_parameters(model)
+        self.budget = budget or Budget()
+        self.init_seed = int(init_seed)
+        self.meter = CreditMeter(self._gsv, self.settings.credit_ema)
+        self.pricing = (
+            BudgetLagrangian(
+                list(self._layers.values()),
+                self.budget,
+                lr=self.settings.budget_lr,
+                lam=self.settings.budget_lam,
+            )
+            if self.budget.active and self.settings.budget_mode == "lagrangian"
+            else None
+        )
         # DDP must not wait for GSV gradients: the Architect averages them itself
         gsv = {id(p) for p in gsv_parameters(model)}
         self._ddp_params_and_buffers_to_ignore = [
@@ -159,7 +191,7 @@ class SearchModule(L.LightningModule):
             self._theta, lr=s.inner.lr, betas=s.inner.betas, weight_decay=s.inner.weight_decay
         )
         outer = torch.optim.Adam(
-            gsv_parameters(self.model),
+            self._gsv,
             lr=s.outer.lr,
             betas=s.outer.betas,
             weight_decay=s.outer.weight_decay,
@@ -191,7 +223,7 @@ class SearchModule(L.LightningModule):
             inner, outer = self.optimizers()
             self._architect = Architect(
                 self._theta,
-                gsv_parameters(self.model),
+                self._gsv,
                 inner.optimizer,
                 outer.optimizer,  # stepped raw: global_step counts inner steps only
                 self.outer_train_loss,
@@ -199,6 +231,9 @@ class SearchModule(L.LightningModule):
                 order=self.settings.order,
                 virtual_step=self.settings.virtual_step,
                 reduce=self._mean_over_processes if self.trainer.world_size > 1 else None,
+                meter=self.meter,
+                smooth=self.settings.smooth_credit,
+                pricing=self.pricing,
             )
         return self._architect
 
@@ -263,9 +298,15 @@ class SearchModule(L.LightningModule):
         if not self.diagnostics.started:  # the read-out of the initial GSVs
             self.diagnostics.start(self.selection(), step)
         val_loss = None
-        if self.settings.outer_due(step):
-            for group in outer.optimizer.param_groups:
-                group["lr"] = self.settings.outer.lr_at(step, self.total_steps)
+        warmup = self.settings.warmup(self.total_steps)
+        if step < warmup:  # the GSVs wait; the inner weights train under the warm-up prefix
+            gen = torch.Generator().manual_seed(self.init_seed * 1_000_003 + step)
+            set_prefixes(self.model, self.settings.warmup_prefix, gen)
+        else:
+            set_prefixes(self.model, None)
+        if self.settings.outer_due(step, self.total_steps):
+            for group in outer.optimizer.param_groups:  # the schedule runs over the GSV steps
+                group["lr"] = self.settings.outer.lr_at(step - warmup, self.total_steps - warmup)
             xi = inner.optimizer.param_groups[0]["lr"]
             val_loss = self.architect.step(train_batch, val_batch, xi)
 
@@ -286,6 +327,8 @@ class SearchModule(L.LightningModule):
         selection = self.selection()
         self.log_dict(self.allocation_stats(selection), batch_size=bs)
         self.log_dict(self.diagnostics.update(selection, step), batch_size=bs)
+        if val_loss is not None:
+            self.log_dict(self.control_stats(), batch_size=bs)
         every = self.settings.log_modules_every
         if every and step % every == 0:
             self.log_dict(self.module_stats(selection), batch_size=bs)
@@ -311,6 +354,46 @@ class SearchModule(L.LightningModule):
             stats["usage/active_experts"] = (u > 0).float().sum(-1).mean()
         return stats
 
+    def credit_report(self) -> dict[str, dict[str, float]]:
+        """Per module (short name): the credit's SNR at the moves its GSVs weigh (expert
+        boundary, mean over kept experts' rank boundaries); below 1 the sign is noise."""
+        snr = dict(zip((id(p) for p in self._gsv), self.meter.snr(), strict=True))
+        out = {}
+        for name, m in self._layers.items():
+            out[short_name(name)] = module_snr(
+                snr[id(m.gsv_expert)],
+                snr[id(m.gsv_rank)],
+                torch.sigmoid(m.gsv_expert.detach()),
+                torch.sigmoid(m.gsv_rank.detach()),
+            )
+        return out
+
+    def control_stats(self) -> dict[str, float]:
+        """``credit/*``: mean SNR and the share of modules whose expert / rank credit is noise
+        (SNR < 1); ``budget/*``: the price of capacity and what the read-out spends."""
+        report = self.credit_report()
+        out = {}
+        for kind in ("expert", "rank"):
+            values = [r[kind] for r in report.values()]
+            out[f"credit/{kind}_snr"] = sum(values) / len(values)
+            out[f"credit/{kind}_noise_share"] = sum(v < 1 for v in values) / len(values)
+        if self.pricing is not None and self.pricing.last:
+            out["budget/lam"] = self.pricing.last["lam"]
+            out["budget/readout_spent"] = self.pricing.last["spent"]
+        return out
+
+    def control_report(self) -> dict:
+        """What goes into ``meta.diagnostics``: per-module SNR, its summary and the price."""
+        report = {"credit_snr": self.credit_report(), "credit_steps": self.meter.steps}
+        if self.meter.steps:
+            report.update(self.control_stats())
+        if self.pricing is not None:
+            report["budget_control"] = {
+                "mode": "lagrangian",
+                **self.pricing.state_dict()["last"],
+            }
+        return report
+
     def module_stats(self, selection: Selection | None = None) -> dict[str, Tensor]:
         sel = selection or self.selection()
         experts, mean_rank = sel.experts.float(), sel.mean_rank
@@ -331,7 +414,12 @@ class SearchModule(L.LightningModule):
         # train half of an alternate pair; the GSVs are parameters, the optimisers, the
         # scheduler and the train loader's position are saved by Lightning
         checkpoint["rng"] = gather_rng_states(self)  # one state per process
-        checkpoint["search_state"] = {"val_batches": self._val_taken, "pending": self._pending}
+        checkpoint["search_state"] = {
+            "val_batches": self._val_taken,
+            "pending": self._pending,
+            "meter": self.meter.state_dict(),
+            "pricing": None if self.pricing is None else self.pricing.state_dict(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng" in checkpoint:
@@ -339,6 +427,10 @@ class SearchModule(L.LightningModule):
         state = checkpoint.get("search_state") or {}
         self._val_iter, self._val_resume = None, int(state.get("val_batches", 0))
         self._pending = state.get("pending")
+        if state.get("meter") is not None:
+            self.meter.load_state_dict(state["meter"])
+        if state.get("pricing") is not None and self.pricing is not None:
+            self.pricing.load_state_dict(state["pricing"])
         if DIAGNOSTICS_KEY in checkpoint:
             self.diagnostics.load_state_dict(checkpoint[DIAGNOSTICS_KEY])
         else:

@@ -213,3 +213,90 @@ def fit_budget(
     )
     budget.check(fitted, shapes)
     return fitted, report
+
+
+@dataclass(frozen=True)
+class ModuleCredits:
+    """Smoothed sigmoid-space credit of one module's GSVs (:class:`CreditMeter`): ``expert``
+    (n_max,), ``rank`` (n_max, r_max). With the neighbour credit, ``c[j] - c[j-1]`` is the
+    predicted loss change of adding unit ``j`` to the prefix ``0..j-1``."""
+
+    expert: Tensor
+    rank: Tensor
+
+
+def fill_budget(
+    allocation: Allocation,
+    credits: Mapping[str, ModuleCredits],
+    budget: Budget,
+    shapes: Mapping[str, tuple[int, int]],
+    groups: Mapping[str, Sequence[str]] | None = None,
+    n_max: int | None = None,
+    r_max: int | None = None,
+) -> tuple[Allocation, FitReport]:
+    """Spend what ``allocation`` leaves of ``budget`` on units predicted to lower the loss.
+
+    Greedy, best predicted loss decrease per unit of cost first; a unit is added only if
+    its smoothed credit predicts a decrease (``c[j] - c[j-1] < 0``) and it fits. An
+    **expert unit** appends the next expert of a module (of every module of a group), at
+    rank 1; a **rank unit** adds the next rank row of a kept expert. Modules that need
+    nothing therefore stay where the search left them, however large the budget.
+    """
+    report = FitReport()
+    if not budget.active:
+        return allocation, report
+    names = list(allocation.modules)
+    groups = {n: [n] for n in names} if groups is None else {k: list(v) for k, v in groups.items()}
+    ranks = {n: list(m.ranks) for n, m in allocation.modules.items()}
+    cost = budget.cost
+    left = budget.value - sum(cost(ranks[n], shapes[n]) for n in names)
+
+    def value(c: Tensor, j: int) -> float:
+        return float(c[j - 1] - c[j])  # predicted loss decrease of adding unit j
+
+    while True:
+        best = None
+        for key, mods in groups.items():
+            first = mods[0]
+            count = len(ranks[first])
+            n = credits[first].expert.numel() if n_max is None else n_max
+            if count >= n:
+                continue
+            v = value(credits[first].expert, count)
+            c = sum(cost([*ranks[m], 1], shapes[m]) - cost(ranks[m], shapes[m]) for m in mods)
+            if v > 0 and 0 < c <= left and (best is None or v / c > best[0]):
+                best = (v / c, c, ("expert", key))
+        for name in names:
+            for i, r in enumerate(ranks[name]):
+                rmax = credits[name].rank.shape[-1] if r_max is None else r_max
+                if r >= rmax:
+                    continue
+                v = value(credits[name].rank[i], r)
+                grown = [*ranks[name][:i], r + 1, *ranks[name][i + 1 :]]
+                c = cost(grown, shapes[name]) - cost(ranks[name], shapes[name])
+                if v > 0 and 0 < c <= left and (best is None or v / c > best[0]):
+                    best = (v / c, c, ("rank", name, i))
+        if best is None:
+            break
+        _, c, unit = best
+        if unit[0] == "expert":
+            for m in groups[unit[1]]:
+                ranks[m].append(1)
+        else:
+            ranks[unit[1]][unit[2]] += 1
+        left -= c
+        report.removed.append(
+            {
+                "unit": unit[0],
+                "where": unit[1],
+                "expert": unit[2] if unit[0] == "rank" else None,
+                "value_per_cost": best[0],
+            }
+        )
+    filled = Allocation(
+        {n: ModuleAllocation(tuple(ranks[n])) for n in names},
+        top_k=allocation.top_k,
+        meta=dict(allocation.meta),
+    )
+    budget.check(filled, shapes)
+    return filled, report

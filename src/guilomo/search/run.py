@@ -36,7 +36,14 @@ from guilomo.search.diagnostics import SearchWarning, report_lines, report_warni
 from guilomo.search.heatmap import save_heatmap
 from guilomo.search.layer import expert_groups, inject_search_adapter
 from guilomo.search.module import SearchModule
-from guilomo.search.readout import collect_gsvs, fit_budget, minimum_allocation, read_allocation
+from guilomo.search.readout import (
+    ModuleCredits,
+    collect_gsvs,
+    fill_budget,
+    fit_budget,
+    minimum_allocation,
+    read_allocation,
+)
 from guilomo.utils.io import atomic_write_text
 from guilomo.utils.kept import keep_finished_work
 from guilomo.utils.loggers import (
@@ -78,6 +85,15 @@ def heldout_loss(module: SearchModule, datamodule, progress=None) -> float | Non
     return total / tokens if tokens else None
 
 
+def collect_credits(module: SearchModule) -> dict[str, ModuleCredits]:
+    """The credit meter's smoothed credit of every search layer (for budget filling)."""
+    by_param = dict(zip((id(p) for p in module._gsv), module.meter.corrected(), strict=True))
+    return {
+        n: ModuleCredits(by_param[id(m.gsv_expert)].cpu(), by_param[id(m.gsv_rank)].cpu())
+        for n, m in module._layers.items()
+    }
+
+
 @task_wrapper
 def run_search(cfg: DictConfig) -> Path:
     """Search, read out, fit the budget, write ``<run dir>/allocation.json``; returns its path."""
@@ -97,6 +113,9 @@ def run_search(cfg: DictConfig) -> Path:
     budget.check_minimum(minimum_allocation(names, settings.min_experts, settings.top_k), shapes)
 
     datamodule = build_datamodule(cfg, tokenizer)
+    # the GSV init's seed apart from the data's (cfg.seed: shuffling, dropout), so each
+    # can be varied alone
+    init_seed = int(cfg.seed if settings.init_seed is None else settings.init_seed)
     inject_search_adapter(
         model,
         names,
@@ -106,10 +125,13 @@ def run_search(cfg: DictConfig) -> Path:
         config=lora,
         rank_mask=settings.rank_mask,
         granularity=settings.granularity,
-        seed=cfg.seed,
+        seed=init_seed,
         expert_signal=settings.expert_signal,
         expert_credit=settings.expert_credit,
         rank_credit=settings.rank_credit,
+        start=settings.start,
+        start_experts=settings.start_experts,
+        start_rank=settings.start_rank,
     )
     module = SearchModule(
         model,
@@ -118,6 +140,8 @@ def run_search(cfg: DictConfig) -> Path:
         aux_reduction=lora.aux_reduction,
         run_info=search_fingerprint(cfg, model.config.num_hidden_layers, names, settings),
         sparse_logits=cfg.sparse_logits,
+        budget=budget,
+        init_seed=init_seed,
     )
     method, variant = "guilomo", f"{settings.order}_order"
     identity = run_identity(
@@ -137,6 +161,7 @@ def run_search(cfg: DictConfig) -> Path:
     if not module.diagnostics.started:  # no step ran
         module.diagnostics.start(module.selection(), trainer.global_step)
     diagnostics = module.diagnostics.report()  # the GSV read-out, before budget fitting
+    diagnostics.update(module.control_report())
     meta = {
         "source": "guilomo-search",
         "method": "guilomo",
@@ -146,6 +171,7 @@ def run_search(cfg: DictConfig) -> Path:
         "layers": None if cfg.get("layers") is None else list(cfg.layers),
         "task": cfg.task.id,
         "seed": int(cfg.seed),
+        "init_seed": init_seed,
         "order": settings.order,
         "granularity": settings.granularity,
         "n_max": settings.n_max,
@@ -156,12 +182,23 @@ def run_search(cfg: DictConfig) -> Path:
     read = read_allocation(gsvs, top_k=settings.top_k, meta=meta)
     groups = expert_groups(names, settings.granularity)
     allocation, report = fit_budget(read, gsvs, budget, shapes, groups, settings.min_experts)
+    fit = report.summary()
+    if module.pricing is not None:  # the budget was in the search: spend what it left
+        credits = collect_credits(module)
+        allocation, filled = fill_budget(allocation, credits, budget, shapes, groups)
+        fit.update(
+            mode="lagrangian",
+            added_expert_units=filled.expert_units,
+            added_rank_units=filled.rank_units,
+        )
+    elif budget.active:
+        fit["mode"] = "posthoc"
     allocation.meta.update(
         {
             "budget": budget.to_dict(),
             "budget_spent": budget.measure(allocation, shapes) if budget.active else None,
             "read_out": {"experts": read.total_experts, "total_rank": read.total_rank},
-            "budget_fit": report.summary(),
+            "budget_fit": fit,
             "trainable_params": allocation.trainable_params(shapes),
             "search": settings.to_dict(),
             "diagnostics": diagnostics,

@@ -17,6 +17,7 @@ from guilomo.data.tasks import (
     gsm8k,
     openbookqa,
     scienceqa,
+    vader,
 )
 from guilomo.data.tasks.base import TaskSpec
 
@@ -30,6 +31,7 @@ TASKS: dict[str, TaskSpec] = {
         openbookqa.SPEC,
         *glue.SPECS,
         gsm8k.SPEC,
+        *vader.SPECS,
     )
 }
 

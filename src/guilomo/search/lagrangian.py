@@ -1,0 +1,112 @@
+"""The budget inside the search: a Lagrangian on the read-out's cost, with dual ascent.
+
+All modules draw from one pool. Every outer step adds to the GSVs' loss credit the
+gradient of a cost term (CoFiPruning's Lagrangian on the expected size, with the
+read-out's exact cost in place of an expectation; :mod:`guilomo.search.cost`)::
+
+    grad_G  +=  lam * kappa * dC(G)/dG / unit
+
+- ``C`` is what the current read-out spends in the budget's unit, and ``dC/dG`` at GSV
+  entry ``j`` is the cost change of moving that module's boundary to ``j`` (times the
+  sigmoid slope, like the loss credit). So every entry's credit carries both what its
+  move is predicted to save in loss and what it costs, and one multiplier ``lam`` prices
+  capacity for all modules at once: a module gets a unit only if its predicted loss
+  decrease beats the price.
+- ``unit`` is one typical unit's cost (a rank row, :func:`unit_cost`) and ``kappa`` a running
+  mean of ``|loss credit|`` over all GSV entries, so ``lam`` is dimensionless: at
+  ``lam = 1`` one unit costs what a typical entry's credit is worth.
+- Dual ascent (exponentiated, so ``lam`` spans orders of magnitude in a few steps, as the
+  credit scale differs from task to task)::
+
+      u   = clip(C / B - 1, -1, 1)            relative over-spend of the read-out
+      lam = clip(lam * exp(lr * u), lam_min, lam_max)
+
+  Over the budget the price rises until enough modules give units back; under it the
+  price falls towards ``lam_min`` (about free), so modules whose units help grow and
+  modules that need nothing still shrink: the budget is an upper bound, not a target.
+
+After the search, :func:`guilomo.search.readout.fit_budget` trims what is still over
+(fewest units: the controller keeps the read-out near the budget) and
+:func:`guilomo.search.readout.fill_budget` spends what is left on units whose smoothed
+credit predicts a loss decrease.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from guilomo.budget import Budget
+from guilomo.search.cost import readout_cost, unit_cost
+
+LAM_MIN, LAM_MAX = 1e-3, 1e4
+
+
+def _grads(value: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
+    return list(torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True))
+
+
+class BudgetLagrangian:
+    """Prices capacity during the outer steps so the read-out stays within ``budget``.
+
+    Args:
+        layers: the search layers (any set; :class:`SearchLoraMoELinear`).
+        budget: an active :class:`Budget` (``experts``, ``rank`` or ``params``).
+        lr: step of the exponentiated dual ascent.
+        lam: initial price (1: a unit is worth a typical credit).
+        kappa_beta: EMA factor of the credit scale ``kappa``.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence,
+        budget: Budget,
+        lr: float = 0.3,
+        lam: float = 1.0,
+        kappa_beta: float = 0.9,
+    ):
+        if not budget.active:
+            raise ValueError("a budget-constrained search needs an active budget (budget=...)")
+        if lr <= 0 or lam <= 0:
+            raise ValueError(f"search.budget_lr={lr} and search.budget_lam={lam} must be > 0")
+        self.layers = list(layers)
+        self.budget = budget
+        self.lr, self.lam, self.kappa_beta = float(lr), float(lam), float(kappa_beta)
+        self.unit = unit_cost(self.layers, budget.kind)
+        self.kappa: float | None = None
+        self.last: dict = {}
+
+    def cost(self) -> Tensor:
+        return readout_cost(self.layers, self.budget.kind)
+
+    def penalty(self, gsv: Sequence[Tensor], credit: Sequence[Tensor]) -> list[Tensor]:
+        """The cost gradients to add to ``credit`` (the loss credit of ``gsv``), and a dual step."""
+        scale = torch.stack([g.detach().abs().mean() for g in credit if g.numel()]).mean()
+        scale = float(scale)
+        if math.isfinite(scale) and scale > 0:
+            b = self.kappa_beta
+            self.kappa = scale if self.kappa is None else b * self.kappa + (1 - b) * scale
+        kappa = self.kappa or 0.0
+        cost = self.cost()
+        spent = float(cost.detach())
+        grads = _grads(cost, gsv)
+        factor = self.lam * kappa / self.unit
+        out = [g * factor for g in grads]
+        self.dual_step(spent)
+        return out
+
+    def dual_step(self, spent: float) -> None:
+        over = max(-1.0, min(1.0, spent / self.budget.value - 1.0))
+        self.lam = min(LAM_MAX, max(LAM_MIN, self.lam * math.exp(self.lr * over)))
+        self.last = {"spent": spent, "over": over, "lam": self.lam, "kappa": self.kappa or 0.0}
+
+    def state_dict(self) -> dict:
+        return {"lam": self.lam, "kappa": self.kappa, "last": dict(self.last)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lam = float(state["lam"])
+        self.kappa = None if state.get("kappa") is None else float(state["kappa"])
+        self.last = dict(state.get("last") or {})
