@@ -10,8 +10,8 @@ JSON or lacks the fields below, are skipped with a warning naming the file. Sear
 run folders (their ``metrics.json`` says ``"stage": "search"``) are not runs of the table (their time is carried by the fine-tune runs
 that used their allocation).
 
-The table has one row per method (named exactly: ``guilomo``, ``lora``, ``uniform``,
-``mola_2468``, ``alphalora``, ``random``, ... and ``zero_shot``, the untouched
+The table has one row per method (named exactly: ``guilomo``, ``lora``, ``adalora``,
+``uniform``, ``mola_2468``, ``alphalora``, ``random``, ... and ``zero_shot``, the untouched
 backbone, once per task and seed) and one column per task (``backbone/task`` when
 there are several backbones). A cell is ``mean ± std (n)`` over the runs, the std
 being the sample standard deviation (``n - 1``), absent for a single run. The last
@@ -38,7 +38,16 @@ from guilomo.allocation import method_name
 
 METRICS_FILE = "metrics.json"
 ZERO_SHOT = "zero_shot"
-METHOD_ORDER = ("zero_shot", "lora", "uniform", "mola", "alphalora", "random", "guilomo")
+METHOD_ORDER = (
+    "zero_shot",
+    "lora",
+    "adalora",
+    "uniform",
+    "mola",
+    "alphalora",
+    "random",
+    "guilomo",
+)
 CSV_FIELDS = (
     "backbone",
     "task",
