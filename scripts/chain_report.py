@@ -13,7 +13,9 @@ Prints two markdown tables:
    one task and seed share the test split and the budget (``budget=match``), so the
    difference of a pair removes the split's difficulty; the cell is the mean and the
    sample std of the per-seed differences, and ``w/l`` counts the seeds GuiLoMo won
-   and lost.
+   and lost. The numbers are :func:`guilomo.results.paired`'s (several runs of one
+   method at one seed are averaged first); ``python -m guilomo.results --paired
+   guilomo <chain>/train`` prints them with 95 % intervals and draw counts.
 
 Fine-tune runs are read with :func:`guilomo.results.collect` (the same runs, checks
 and warnings as the results table).
@@ -23,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-from collections import defaultdict
 from pathlib import Path
 
-from guilomo.results import collect
+from guilomo.results import collect, paired
 
 SEARCHED = "guilomo"
 
@@ -54,30 +54,30 @@ def search_rows(chain: Path) -> list[str]:
 
 
 def paired_rows(runs, metric: str) -> list[str]:
-    scores: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for run in runs:
-        value = run.metrics.get("finetuned", {}).get(metric)
-        if value is not None:
-            scores[(run.task, run.method)][run.seed] = float(value)
-    tasks = sorted({t for t, _ in scores})
-    methods = sorted({m for _, m in scores if m != SEARCHED})
-    rows = [
-        f"| GuiLoMo - method ({metric}) | " + " | ".join(tasks) + " |",
-        "|---|" + "---|" * len(tasks),
+    """GuiLoMo minus each method, one row per method, one column per task: the numbers of
+    :func:`guilomo.results.paired` (``python -m guilomo.results --paired guilomo`` prints
+    them with intervals and draws)."""
+    rows = paired(runs, SEARCHED, metric)
+    several = len({r["budget"] for r in rows}) > 1
+    col = lambda r: f"{r['task']} ({r['budget']})" if several else r["task"]  # noqa: E731
+    cols = sorted({col(r) for r in rows})
+    by = {(r["method"], col(r)): r for r in rows}
+    methods = sorted({r["method"] for r in rows})
+    out = [
+        f"| GuiLoMo - method ({metric}) | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
     ]
     for method in methods:
         cells = []
-        for task in tasks:
-            ours, theirs = scores.get((task, SEARCHED), {}), scores.get((task, method), {})
-            diffs = [ours[s] - theirs[s] for s in sorted(set(ours) & set(theirs))]
-            if not diffs:
+        for c in cols:
+            r = by.get((method, c))
+            if r is None:
                 cells.append("-")
                 continue
-            spread = f" ± {statistics.stdev(diffs):.3f}" if len(diffs) > 1 else ""
-            wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
-            cells.append(f"{statistics.mean(diffs):+.3f}{spread} ({wins}/{losses})")
-        rows.append(f"| {method} | " + " | ".join(cells) + " |")
-    return rows
+            spread = f" ± {r['std']:.3f}" if r["std"] is not None else ""
+            cells.append(f"{r['mean']:+.3f}{spread} ({r['wins']}/{r['losses']})")
+        out.append(f"| {method} | " + " | ".join(cells) + " |")
+    return out
 
 
 def main() -> None:

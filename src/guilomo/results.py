@@ -10,13 +10,21 @@ JSON or lacks the fields below, are skipped with a warning naming the file. Sear
 run folders (their ``metrics.json`` says ``"stage": "search"``) are not runs of the table (their time is carried by the fine-tune runs
 that used their allocation).
 
-The table has one row per method (named exactly: ``guilomo``, ``lora``, ``uniform``,
-``mola_2468``, ``alphalora``, ``random``, ... and ``zero_shot``, the untouched
+The table has one row per method (named exactly: ``guilomo``, ``lora``, ``adalora``,
+``uniform``, ``mola_2468``, ``alphalora``, ``random``, ... and ``zero_shot``, the untouched
 backbone, once per task and seed) and one column per task (``backbone/task`` when
 there are several backbones). A cell is ``mean ± std (n)`` over the runs, the std
 being the sample standard deviation (``n - 1``), absent for a single run. The last
 columns give the method's trainable parameters and mean search time. The CSV is long:
 one line per (backbone, task, method).
+
+``--paired REF`` adds the paired report (:func:`paired`): per task, REF's score minus
+each other method's, paired by seed and budget (runs of one task, seed and budget share
+the test split and the size, so a pair's difference removes the split's difficulty).
+Several runs of one method at one task, seed and budget (e.g. ``random`` with different
+``allocation.seed``) are *draws*: averaged per seed before pairing, their count and
+spread reported. A row gives the pairs' mean difference, its sample std, the 95 %
+t-interval over seeds and the seeds won / lost.
 """
 
 from __future__ import annotations
@@ -38,7 +46,16 @@ from guilomo.allocation import method_name
 
 METRICS_FILE = "metrics.json"
 ZERO_SHOT = "zero_shot"
-METHOD_ORDER = ("zero_shot", "lora", "uniform", "mola", "alphalora", "random", "guilomo")
+METHOD_ORDER = (
+    "zero_shot",
+    "lora",
+    "adalora",
+    "uniform",
+    "mola",
+    "alphalora",
+    "random",
+    "guilomo",
+)
 CSV_FIELDS = (
     "backbone",
     "task",
@@ -278,6 +295,164 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> Path:
     return path
 
 
+# two-sided 95 % quantiles of Student's t, 1..30 degrees of freedom (scipy.stats.t.ppf)
+T95 = (
+    12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004,
+    2.262157, 2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905,
+    2.109816, 2.100922, 2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899,
+    2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272,
+)  # fmt: skip
+Z975 = 1.959963984540054
+
+
+def t95(df: int) -> float:
+    """The two-sided 95 % quantile of Student's t with ``df`` degrees of freedom: the
+    table to 30, beyond it the Cornish-Fisher expansion about the normal (error < 2e-6)."""
+    if df < 1:
+        raise ValueError(f"t needs df >= 1, got {df}")
+    if df <= len(T95):
+        return T95[df - 1]
+    z = Z975
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
+
+
+def _budget_of(run: Run) -> tuple[str, tuple]:
+    """``(label, exact)``: the budget setting a row groups by (``params=match`` for
+    ``budget=match``, whose value is each seed's searched size; else ``kind=value``) and
+    the exact ``(kind, value)`` a pair must share."""
+    b = run.budget if isinstance(run.budget, dict) else {}
+    kind, value = b.get("kind", "none"), b.get("value")
+    label = kind if value is None else f"{kind}={'match' if b.get('matched') else value}"
+    return label, (kind, value)
+
+
+def paired(
+    runs: Sequence[Run], reference: str, metric: str = "accuracy", stage: str = "finetuned"
+) -> list[dict]:
+    """One row per (backbone, task, budget, method != ``reference``): ``reference`` minus
+    the method, seed by seed (see the module docstring).
+
+    Runs meet in cells of (backbone, task, budget ``(kind, value)``, seed); in a cell every
+    method's runs (draws) are averaged, and a cell with both methods is a pair. Rows group
+    pairs by budget setting (``budget`` label: ``params=match`` pools the seeds of
+    ``budget=match``, each at its own searched size). A row has
+    the per-seed ``diffs``, their ``mean``, sample ``std`` and 95 % t-interval
+    (``ci_low``, ``ci_high``; None for one pair), ``wins``/``losses`` (seeds with a
+    positive / negative difference), ``n`` pairs, ``draws`` per seed of the method and of
+    the reference, the method's ``score_mean`` ± ``score_std`` over its paired runs
+    (``runs``), and ``draw_std``: the spread between draws within a seed (pooled: root of
+    the mean within-seed variance over seeds with 2+ draws; None without such seeds).
+    """
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    for r in runs:
+        v = r.value(metric, stage)
+        if v is not None and r.seed is not None:
+            label, exact = _budget_of(r)
+            key = (r.backbone, r.task, label, exact, r.seed)
+            cells.setdefault(key, {}).setdefault(r.method, []).append(v)
+    pairs: dict[tuple, list[tuple]] = {}
+    for (backbone, task, budget, _, seed), by_method in cells.items():
+        ours = by_method.get(reference)
+        for method, theirs in by_method.items():
+            if ours and method != reference:
+                item = (seed, ours, theirs)
+                pairs.setdefault((backbone, task, budget, method), []).append(item)
+    rows = []
+    for (backbone, task, budget, method), items in pairs.items():
+        items.sort(key=lambda x: x[0])
+        diffs = [statistics.fmean(ours) - statistics.fmean(theirs) for _, ours, theirs in items]
+        n, mean = len(diffs), statistics.fmean(diffs)
+        std = statistics.stdev(diffs) if n > 1 else None
+        half = t95(n - 1) * std / math.sqrt(n) if std is not None else None
+        scores = [v for _, _, theirs in items for v in theirs]
+        within = [statistics.variance(theirs) for _, _, theirs in items if len(theirs) > 1]
+        rows.append(
+            {
+                "backbone": backbone,
+                "task": task,
+                "budget": budget,
+                "method": method,
+                "reference": reference,
+                "metric": f"{stage}/{metric}",
+                "seeds": [seed for seed, _, _ in items],
+                "diffs": diffs,
+                "n": n,
+                "mean": mean,
+                "std": std,
+                "ci_low": None if half is None else mean - half,
+                "ci_high": None if half is None else mean + half,
+                "wins": sum(d > 0 for d in diffs),
+                "losses": sum(d < 0 for d in diffs),
+                "draws": [len(theirs) for _, _, theirs in items],
+                "reference_draws": [len(ours) for _, ours, _ in items],
+                "runs": len(scores),
+                "score_mean": statistics.fmean(scores),
+                "score_std": statistics.stdev(scores) if len(scores) > 1 else None,
+                "draw_std": math.sqrt(statistics.fmean(within)) if within else None,
+            }
+        )
+    rows.sort(key=lambda x: (x["backbone"], x["task"], x["budget"], _method_key(x["method"])))
+    return rows
+
+
+def _spread(values: list[int]) -> str:
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def paired_markdown(rows: Sequence[dict], reference: str) -> str:
+    """The paired report of :func:`paired` as markdown, one line per task and method."""
+    if not rows:
+        return f"(no pairs: no method shares a task, seed and budget with '{reference}')"
+    several = len({r["backbone"] for r in rows}) > 1
+    f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    caption = (
+        f"{rows[0]['metric']}: {reference} minus each method, paired by task, seed and budget "
+        "(draws of one method at one seed averaged first): mean ± sample std of the per-seed "
+        "differences, 95 % t-interval over seeds, seeds won/lost; method score: mean ± std "
+        "over its runs; draw std: spread between its draws within a seed"
+    )
+    head = [
+        "task",
+        "budget",
+        "method",
+        "seeds",
+        "draws/seed",
+        "method score (runs)",
+        "draw std",
+        f"{reference} - method",
+        "95% CI",
+        "w/l",
+    ]
+    lines = [caption, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        task = f"{r['backbone']}/{r['task']}" if several else r["task"]
+        score = f"{r['score_mean']:.4f}" + (
+            "" if r["score_std"] is None else f" ± {r['score_std']:.4f}"
+        )
+        diff = f"{r['mean']:+.4f}" + ("" if r["std"] is None else f" ± {r['std']:.4f}")
+        ci = "-" if r["ci_low"] is None else f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+        cells = [
+            task,
+            r["budget"],
+            r["method"],
+            str(r["n"]),
+            _spread(r["draws"]),
+            f"{score} ({r['runs']})",
+            f(r["draw_std"]),
+            diff,
+            ci,
+            f"{r['wins']}/{r['losses']}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m guilomo.results",
@@ -287,11 +462,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metric", default="accuracy", help="metric key (default: accuracy)")
     p.add_argument("--stage", default="finetuned", help="finetuned (default) or zero_shot")
     p.add_argument("--csv", default="results.csv", help="CSV output ('' for none)")
+    p.add_argument(
+        "--paired",
+        metavar="METHOD",
+        default=None,
+        help="also the paired report: METHOD (e.g. guilomo) minus every other method",
+    )
     args = p.parse_args(argv)
     runs = collect(args.dirs)
     rows = summarise(runs, args.metric, args.stage)
     print(f"{len(runs)} runs")
     print(markdown(rows))
+    if args.paired:
+        print()
+        print(paired_markdown(paired(runs, args.paired, args.metric, args.stage), args.paired))
     if args.csv and rows:
         print(f"csv: {write_csv(rows, args.csv)}")
     return 0 if rows else 1

@@ -1,5 +1,8 @@
 """The fine-tune LightningModule: a backbone with a LoRA-MoE adapter, trained on the
 :class:`~guilomo.objective.Objective` (LM loss + aux) with the warm-up/linear schedule.
+An adapter with a loss term of its own (AdaLoRA's orthogonality) passes it as
+``regularizer`` (added to the training loss, logged as ``train/reg_loss``) and its
+training hooks as ``callbacks``.
 
 Only the adapter's trainable tensors go into checkpoints (the frozen backbone is
 reloaded from its source), together with the RNG states, so a run resumed from a
@@ -7,6 +10,8 @@ checkpoint continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
@@ -30,6 +35,8 @@ class FinetuneModule(L.LightningModule):
         aux_reduction: str = "mean",
         sparse_logits: bool = True,
         run_info: dict | None = None,
+        regularizer: Callable[[], torch.Tensor] | None = None,
+        callbacks: Sequence[L.Callback] = (),
     ):
         super().__init__()
         self.model = model
@@ -38,6 +45,7 @@ class FinetuneModule(L.LightningModule):
         self.objective = Objective(model, aux_coef, aux_reduction, sparse_logits)
         self.strict_loading = False  # checkpoints hold the adapter only
         self.run_info = run_info  # what the run is (checked before a resume loads the model)
+        self.regularizer, self.adapter_callbacks = regularizer, list(callbacks)
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -47,6 +55,10 @@ class FinetuneModule(L.LightningModule):
             loss, lm, aux = self.objective(batch)
             if self.objective.aux_coef > 0:
                 self.log("train/aux_loss", aux, on_step=True, on_epoch=False)
+            if self.regularizer is not None:
+                reg = self.regularizer()
+                self.log("train/reg_loss", reg, on_step=True, on_epoch=False)
+                loss = loss + reg
         else:
             loss = lm = self.objective.lm(batch)
         bs = batch["input_ids"].shape[0]
@@ -70,7 +82,8 @@ class FinetuneModule(L.LightningModule):
         return self._loss(batch, "val")
 
     def configure_callbacks(self):
-        return [FiniteGuard(fix="lower optim.lr or raise optim.warmup_steps")]
+        guard = FiniteGuard(fix="lower optim.lr or raise optim.warmup_steps")
+        return [guard, *self.adapter_callbacks]
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

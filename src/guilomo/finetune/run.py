@@ -4,6 +4,8 @@
 by ``search.py`` or a baseline generated for this backbone, optionally scaled to the
 budget), scores the untouched backbone (zero-shot), trains, scores again, and writes
 ``metrics.json``, the adapter folder and Lightning checkpoints into the run dir.
+``allocation=adalora`` trains peft's AdaLoRA at the budget instead of a LoRA-MoE
+(:mod:`guilomo.finetune.adalora`; its counts go to ``metrics.json["adalora"]``).
 Every configured logger gets the resolved config, the allocation (table and heatmap),
 the zero-shot and fine-tuned test metrics (``test/<stage>/<metric>``), the final
 validation loss, trainable parameters, budget and the router usage per module
@@ -20,6 +22,7 @@ from omegaconf import DictConfig
 
 from guilomo.allocation import Allocation
 from guilomo.budget import Budget
+from guilomo.finetune.adalora import AdaLora, AdaLoraSchedule, is_adalora
 from guilomo.finetune.evaluation import evaluate_datamodule
 from guilomo.finetune.module import FinetuneModule
 from guilomo.finetune.usage import COLUMNS as USAGE_COLUMNS
@@ -149,8 +152,11 @@ def run_train(cfg: DictConfig) -> dict:
         metrics["zero_shot"] = evaluate_datamodule(model, tokenizer, dm, cfg.eval, "zero-shot test")
 
     lora_cfg = build_lora_config(cfg)
-    inject_adapter(model, alloc, lora_cfg)
-    n_params = trainable_parameters(model)
+    adalora = AdaLora(model, alloc, lora_cfg.alpha, lora_cfg.dropout) if is_adalora(alloc) else None
+    if adalora is None:
+        inject_adapter(model, alloc, lora_cfg)
+    # AdaLoRA trains init_r ranks and keeps target_r: its count is the kept (nominal) one
+    n_params = trainable_parameters(model) if adalora is None else alloc.trainable_params(shapes)
     total_steps = cfg.trainer.max_steps if (cfg.trainer.max_steps or -1) > 0 else None
     module = FinetuneModule(
         model,
@@ -162,6 +168,8 @@ def run_train(cfg: DictConfig) -> dict:
         aux_reduction=lora_cfg.aux_reduction,
         sparse_logits=cfg.sparse_logits,
         run_info=train_fingerprint(cfg, num_layers, alloc),
+        regularizer=None if adalora is None else adalora.regularizer,
+        callbacks=[] if adalora is None else [AdaLoraSchedule(adalora)],
     )
     params = config_params(
         cfg, method=method, variant=variant, budget=budget, trainable_params=n_params
@@ -179,6 +187,8 @@ def run_train(cfg: DictConfig) -> dict:
         if cfg.save_adapter and trainer.is_global_zero:
             kept.append(
                 save_adapter(model, out / "adapter", alloc, lora_cfg, base_model=cfg.backbone.id)
+                if adalora is None
+                else adalora.save(out / "adapter")
             )
         model.eval()
         # each process scores its shard of the test set; the metrics are gathered
@@ -205,6 +215,7 @@ def run_train(cfg: DictConfig) -> dict:
             "trainable_params": n_params,
             "budget": budget,
             "search": search_record(alloc, cfg.allocation.get("path")),
+            "adalora": None if adalora is None else adalora.record(shapes),
             "seed": cfg.seed,
             "steps": trainer.global_step,
             "metrics": metrics,
