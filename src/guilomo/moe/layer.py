@@ -144,8 +144,9 @@ class LoraMoELinear(nn.Module):
         """(additive router-logit bias of length N, multiplicative gate of length R)."""
         return None, None
 
-    def expert_probe(self) -> Tensor | None:
-        """Constant weight (length N) added to every token's routing weights, or None.
+    def expert_probe(self, x2: Tensor | None = None) -> Tensor | None:
+        """Weight (length N, or T x N given the flattened tokens ``x2``) added to every
+        token's routing weights, or None.
 
         The search uses it to give experts it has masked out a small, trainable presence
         (the expert analogue of the soft rank mask); a plain LoRA-MoE has none.
@@ -180,7 +181,7 @@ class LoraMoELinear(nn.Module):
             self.aux = self.balance_loss(
                 probs, top_i, self.context.flat_mask(x2.shape[0], x.device)
             )
-        probe = self.expert_probe()
+        probe = self.expert_probe(x2)
         if self.config.impl == "loop":
             if probe is not None:
                 raise ValueError("an expert probe needs impl='masked' (every token visits it)")

@@ -143,6 +143,8 @@ class Architect:
             them given the shared Theta' and ``v``.
         meter: tracks the credit's moving average and deviation (diagnostics).
         smooth: step on the meter's moving average instead of this step's credit.
+        parsimony: with ``smooth``, the deviations by which every move is judged
+            pessimistically (:meth:`CreditMeter.smoothed`): units whose credit is noise go.
         pricing: adds the budget's priced cost gradient (a budget-constrained search).
     """
 
@@ -160,6 +162,7 @@ class Architect:
         meter: CreditMeter | None = None,
         smooth: bool = False,
         pricing: BudgetLagrangian | None = None,
+        parsimony: float | tuple[float, float] = 0.0,
     ):
         if order not in ORDERS:
             raise ValueError(f"order='{order}' is not one of {list(ORDERS)}")
@@ -174,6 +177,7 @@ class Architect:
         if smooth and meter is None:
             raise ValueError("smooth=True needs a CreditMeter (meter=...)")
         self.meter, self.smooth, self.pricing = meter, smooth, pricing
+        self.parsimony = parsimony
 
     def hypergradient(
         self, train_batch: dict, val_batch: dict, xi: float
@@ -195,7 +199,7 @@ class Architect:
         if self.meter is not None:
             self.meter.update(grads, self.gsv)
             if self.smooth:
-                grads = self.meter.smoothed(self.gsv)
+                grads = self.meter.smoothed(self.gsv, self.parsimony)
         if self.pricing is not None:
             extra = self.pricing.penalty(self.gsv, grads)
             grads = [g + e.to(g.dtype) for g, e in zip(grads, extra, strict=True)]

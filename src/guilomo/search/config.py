@@ -6,7 +6,13 @@ from dataclasses import asdict, dataclass, field, fields
 
 from guilomo.search.architect import ORDERS, VIRTUAL_STEPS
 from guilomo.search.gsv import CREDITS, MIN_EXPERTS, RANK_FLOORS
-from guilomo.search.layer import EXPERT_SIGNALS, GRANULARITIES, STARTS, WARMUP_PREFIXES
+from guilomo.search.layer import (
+    EXPERT_SIGNALS,
+    GRANULARITIES,
+    PROBES,
+    STARTS,
+    WARMUP_PREFIXES,
+)
 
 VAL_SOURCES = ("heldout", "alternate")
 BUDGET_MODES = ("lagrangian", "posthoc")
@@ -27,6 +33,11 @@ class InnerOptim:
     warmup_steps: int = 100
     max_warmup_fraction: float = 0.1
     grad_clip: float | None = 1.0
+
+    @property
+    def parsimony(self) -> tuple[float, float]:
+        """(expert, rank) parsimony of the smoothed credit and of budget filling."""
+        return (self.parsimony_expert, self.parsimony_rank)
 
     def warmup(self, total_steps: int) -> int:
         return int(min(self.warmup_steps, self.max_warmup_fraction * total_steps))
@@ -87,6 +98,9 @@ class SearchSettings:
     budget_lam: float = 1.0  # initial price (1: one unit costs a typical credit)
     credit_ema: float = 0.9  # EMA factor of the credit meter (AdaLoRA's beta)
     smooth_credit: bool = True  # the outer optimiser steps on the smoothed credit
+    parsimony_expert: float = 0.5  # moves judged pessimistically by this many deviations
+    parsimony_rank: float = 1.0
+    probe: str = "routed"  # weight of a dropped expert: routed (router prob.) | constant (1)
     outer_every: int = 1
     min_experts: int = MIN_EXPERTS  # budget fitting keeps >= this many experts (1: hard floor)
     log_modules_every: int = 50
@@ -114,6 +128,7 @@ class SearchSettings:
             ("warmup_prefix", WARMUP_PREFIXES),
             ("start", STARTS),
             ("budget_mode", BUDGET_MODES),
+            ("probe", PROBES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -132,6 +147,13 @@ class SearchSettings:
         if not 0.0 <= self.warmup_outer_fraction < 1.0:
             raise ValueError(
                 f"search.warmup_outer_fraction={self.warmup_outer_fraction} must be in [0, 1)"
+            )
+        if self.parsimony_expert < 0 or self.parsimony_rank < 0:
+            raise ValueError("search.parsimony_expert and search.parsimony_rank must be >= 0")
+        if (self.parsimony_expert or self.parsimony_rank) and not self.smooth_credit:
+            raise ValueError(
+                "search.parsimony_* needs the smoothed credit: set search.smooth_credit=true "
+                "or search.parsimony_expert=0 search.parsimony_rank=0"
             )
         if not 0.0 <= self.credit_ema < 1.0:
             raise ValueError(f"search.credit_ema={self.credit_ema} must be in [0, 1)")
@@ -155,6 +177,11 @@ class SearchSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def parsimony(self) -> tuple[float, float]:
+        """(expert, rank) parsimony of the smoothed credit and of budget filling."""
+        return (self.parsimony_expert, self.parsimony_rank)
 
     def warmup(self, total_steps: int | None = None) -> int:
         """Real steps before the first GSV step: ``warmup_outer_steps``, or the fraction of

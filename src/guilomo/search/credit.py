@@ -65,15 +65,40 @@ class CreditMeter:
         return [m / k for m in self.mean]
 
     @torch.no_grad()
-    def smoothed(self, params: Sequence[Tensor]) -> list[Tensor]:
-        """The smoothed credit as logit-space gradients at the current GSVs."""
-        return [
-            (c * _slope(p)).to(p.dtype) for c, p in zip(self.corrected(), params, strict=True)
-        ]
+    def deviation(self) -> list[Tensor]:
+        """Bias-corrected deviation ``u`` in sigmoid space."""
+        k = 1 - self.beta**self.steps if self.steps else 1.0
+        return [u / k for u in self.dev]
+
+    def smoothed(
+        self, params: Sequence[Tensor], parsimony: float | tuple[float, float] = 0.0
+    ) -> list[Tensor]:
+        """The smoothed credit as logit-space gradients at the current GSVs.
+
+        ``parsimony = z > 0`` takes the pessimistic side of each move by ``z`` deviations:
+        ``m_j + z u_j sign(j - k*)``, so a move to a larger prefix must be predicted to
+        help by more than its noise, and a move to a smaller one is taken unless it is
+        clearly predicted to hurt (a credit whose sign is noise shrinks the module).
+        A pair ``(z_expert, z_rank)`` sets it per GSV kind: expert GSVs are the 1-D ones
+        (their boundary counts from ``MIN_EXPERTS - 1``), rank GSVs the 2-D ones.
+        """
+        out = []
+        z_expert, z_rank = parsimony if isinstance(parsimony, tuple) else (parsimony, parsimony)
+        for c, u, p in zip(self.corrected(), self.deviation(), params, strict=True):
+            z = z_expert if p.dim() == 1 else z_rank
+            if z:
+                s = torch.sigmoid(p.detach().float())
+                k = prefix_index(s, MIN_EXPERTS - 1 if p.dim() == 1 else 0)
+                side = torch.sign(torch.arange(s.shape[-1], device=s.device) - k)
+                c = c + z * u * side
+            out.append((c * _slope(p)).to(p.dtype))
+        return out
 
     def snr(self) -> list[Tensor]:
-        k = 1 - self.beta**self.steps if self.steps else 1.0
-        return [(m / k).abs() / (u / k).clamp(min=TINY) for m, u in zip(self.mean, self.dev)]
+        return [
+            m.abs() / u.clamp(min=TINY)
+            for m, u in zip(self.corrected(), self.deviation(), strict=True)
+        ]
 
     def state_dict(self) -> dict:
         return {"beta": self.beta, "steps": self.steps, "mean": self.mean, "dev": self.dev}

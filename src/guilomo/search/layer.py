@@ -59,6 +59,7 @@ from guilomo.search.gsv import (
 GSV_NAMES = ("gsv_expert", "gsv_rank")
 WARMUP_PREFIXES = ("current", "full", "random")
 STARTS = ("random", "uniform")
+PROBES = ("routed", "constant")
 START_MARGIN = 0.1  # logit margin of the start entry of a uniform (seed-free) start
 GRANULARITIES = ("module", "layer")
 EXPERT_SIGNALS = ("logits", "output")
@@ -111,6 +112,7 @@ class SearchLoraMoELinear(LoraMoELinear):
         self.track_usage = True
         self.aux_enabled = True  # off for passes whose loss has no aux term (the val loss)
         self.usage: Tensor | None = None  # fraction of top-k assignments per expert (last forward)
+        self.probe = "constant"  # how a dropped expert is weighted: constant | routed
         # warm-up: (experts kept, rank kept per expert) that replace the GSVs' prefixes
         self.prefix: tuple[Tensor, Tensor] | None = None
         self.reset_gsvs()
@@ -167,13 +169,20 @@ class SearchLoraMoELinear(LoraMoELinear):
             gate = gate * expert_gate(s_e, self.expert_credit, self.rank_floor)[:, None]
         return bias, gate.reshape(-1)
 
-    def expert_probe(self) -> Tensor | None:
-        """``expert_signal="output"`` with a soft floor: weight 1 on every dropped expert."""
+    def expert_probe(self, x2: Tensor | None = None) -> Tensor | None:
+        """``expert_signal="output"`` with a soft floor: a routing weight on every dropped
+        expert, 1 on every token (``probe="constant"``) or, given the tokens ``x2``, the
+        router's unmasked probability of that expert per token (``probe="routed"``, no
+        gradient): its ``delta_j`` is then the value of adding it where it would be routed."""
         if self.expert_signal != "output" or self.rank_floor == 0:
             return None
         experts = self.current_experts() if self.prefix is None else self.prefix[0]
-        kept = torch.arange(self.n_max, device=self.gsv_expert.device) < experts
-        return (~kept).to(torch.float32)
+        dropped = (torch.arange(self.n_max, device=self.gsv_expert.device) >= experts).float()
+        if self.probe != "routed" or x2 is None:
+            return dropped
+        with torch.no_grad():
+            probs = torch.softmax(x2.float() @ self.router.t().float(), -1)
+        return probs * dropped
 
     @torch.no_grad()
     def current_experts(self) -> Tensor:
@@ -338,6 +347,7 @@ def inject_search_adapter(
     start: str = "random",
     start_experts: int | None = None,
     start_rank: int | None = None,
+    probe: str = "constant",
 ) -> nn.Module:
     """Freeze ``model`` and wrap the named linear modules with :class:`SearchLoraMoELinear`."""
     names = list(names)
@@ -362,5 +372,9 @@ def inject_search_adapter(
     inject_adapter(model, max_allocation(names, n_max, r_max, top_k), config, layer_factory=factory)
     if granularity == "layer":
         tie_expert_gsvs(model)
+    if probe not in PROBES:
+        raise ValueError(f"probe='{probe}' is not one of {list(PROBES)}")
+    for m in search_layers(model).values():
+        m.probe = probe
     init_gsvs(model, seed, start, start_experts, start_rank)
     return model

@@ -234,6 +234,7 @@ class SearchModule(L.LightningModule):
                 meter=self.meter,
                 smooth=self.settings.smooth_credit,
                 pricing=self.pricing,
+                parsimony=self.settings.parsimony if self.settings.smooth_credit else 0.0,
             )
         return self._architect
 

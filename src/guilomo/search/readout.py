@@ -223,6 +223,8 @@ class ModuleCredits:
 
     expert: Tensor
     rank: Tensor
+    expert_dev: Tensor | None = None  # the meter's deviation of each entry (same shapes)
+    rank_dev: Tensor | None = None
 
 
 def fill_budget(
@@ -233,11 +235,13 @@ def fill_budget(
     groups: Mapping[str, Sequence[str]] | None = None,
     n_max: int | None = None,
     r_max: int | None = None,
+    parsimony: float | tuple[float, float] = 0.0,
 ) -> tuple[Allocation, FitReport]:
     """Spend what ``allocation`` leaves of ``budget`` on units predicted to lower the loss.
 
     Greedy, best predicted loss decrease per unit of cost first; a unit is added only if
-    its smoothed credit predicts a decrease (``c[j] - c[j-1] < 0``) and it fits. An
+    it fits and its smoothed credit predicts a decrease by more than ``parsimony`` times
+    its deviation: ``c[j-1] - c[j] - z u[j] > 0`` (the search's own pessimistic rule). An
     **expert unit** appends the next expert of a module (of every module of a group), at
     rank 1; a **rank unit** adds the next rank row of a kept expert. Modules that need
     nothing therefore stay where the search left them, however large the budget.
@@ -251,8 +255,11 @@ def fill_budget(
     cost = budget.cost
     left = budget.value - sum(cost(ranks[n], shapes[n]) for n in names)
 
-    def value(c: Tensor, j: int) -> float:
-        return float(c[j - 1] - c[j])  # predicted loss decrease of adding unit j
+    z_expert, z_rank = parsimony if isinstance(parsimony, tuple) else (parsimony, parsimony)
+
+    def value(c: Tensor, u: Tensor | None, j: int, z: float) -> float:
+        noise = z * float(u[j]) if u is not None else 0.0
+        return float(c[j - 1] - c[j]) - noise  # predicted loss decrease of adding unit j
 
     while True:
         best = None
@@ -262,7 +269,7 @@ def fill_budget(
             n = credits[first].expert.numel() if n_max is None else n_max
             if count >= n:
                 continue
-            v = value(credits[first].expert, count)
+            v = value(credits[first].expert, credits[first].expert_dev, count, z_expert)
             c = sum(cost([*ranks[m], 1], shapes[m]) - cost(ranks[m], shapes[m]) for m in mods)
             if v > 0 and 0 < c <= left and (best is None or v / c > best[0]):
                 best = (v / c, c, ("expert", key))
@@ -271,7 +278,8 @@ def fill_budget(
                 rmax = credits[name].rank.shape[-1] if r_max is None else r_max
                 if r >= rmax:
                     continue
-                v = value(credits[name].rank[i], r)
+                dev = credits[name].rank_dev
+                v = value(credits[name].rank[i], None if dev is None else dev[i], r, z_rank)
                 grown = [*ranks[name][:i], r + 1, *ranks[name][i + 1 :]]
                 c = cost(grown, shapes[name]) - cost(ranks[name], shapes[name])
                 if v > 0 and 0 < c <= left and (best is None or v / c > best[0]):

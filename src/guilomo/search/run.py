@@ -87,9 +87,16 @@ def heldout_loss(module: SearchModule, datamodule, progress=None) -> float | Non
 
 def collect_credits(module: SearchModule) -> dict[str, ModuleCredits]:
     """The credit meter's smoothed credit of every search layer (for budget filling)."""
-    by_param = dict(zip((id(p) for p in module._gsv), module.meter.corrected(), strict=True))
+    ids = [id(p) for p in module._gsv]
+    mean = dict(zip(ids, module.meter.corrected(), strict=True))
+    dev = dict(zip(ids, module.meter.deviation(), strict=True))
     return {
-        n: ModuleCredits(by_param[id(m.gsv_expert)].cpu(), by_param[id(m.gsv_rank)].cpu())
+        n: ModuleCredits(
+            mean[id(m.gsv_expert)].cpu(),
+            mean[id(m.gsv_rank)].cpu(),
+            dev[id(m.gsv_expert)].cpu(),
+            dev[id(m.gsv_rank)].cpu(),
+        )
         for n, m in module._layers.items()
     }
 
@@ -132,6 +139,7 @@ def run_search(cfg: DictConfig) -> Path:
         start=settings.start,
         start_experts=settings.start_experts,
         start_rank=settings.start_rank,
+        probe=settings.probe,
     )
     module = SearchModule(
         model,
@@ -185,7 +193,9 @@ def run_search(cfg: DictConfig) -> Path:
     fit = report.summary()
     if module.pricing is not None:  # the budget was in the search: spend what it left
         credits = collect_credits(module)
-        allocation, filled = fill_budget(allocation, credits, budget, shapes, groups)
+        allocation, filled = fill_budget(
+            allocation, credits, budget, shapes, groups, parsimony=settings.parsimony
+        )
         fit.update(
             mode="lagrangian",
             added_expert_units=filled.expert_units,

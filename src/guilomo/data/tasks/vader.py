@@ -81,9 +81,7 @@ def load_intensity(split="train", min_agreement=None, data_dir=None) -> list[Exa
 
 
 def load_polarity(split="train", min_agreement=None, data_dir=None) -> list[Example]:
-    return _load(
-        POLARITY, lambda r: int(r >= 0), "vader_polarity", split, min_agreement, data_dir
-    )
+    return _load(POLARITY, lambda r: int(r >= 0), "vader_polarity", split, min_agreement, data_dir)
 
 
 SPECS = [
