@@ -1,0 +1,71 @@
+"""The budget inside the search, on constructed problems with a known answer.
+
+Several modules, one budget that cannot satisfy every module, inner weights training,
+held-out batches drawn fresh each step, the shipped search settings (uniform start at 2
+experts x rank 4, warm-up under the full prefix, Lagrangian pricing, parsimony, routed
+probe). What the modules need is planted (tests/search/planted.py):
+
+- ranks: a module that needs a rank-6 map ends with more total rank than one that needs
+  rank 1, and three graded needs (6, 3, 1) end in that order;
+- experts: a module whose inputs come in 4 clusters with their own maps ends with more
+  experts than one with a single shared map;
+- nothing to learn anywhere: every module ends at the minimum (2 experts of rank 1),
+  however much budget is left;
+- the post-hoc path (search unconstrained, cut afterwards) still fits the budget.
+
+Each runs in a second or two on one thread; every seed listed must pass (seeds 1-4 are
+in the slow suite).
+"""
+
+import pytest
+from planted import search
+
+from guilomo.budget import Budget
+from guilomo.search.config import SearchSettings
+
+# seed 0 in the fast suite, every seed in the slow one (make test-slow, run by CI)
+SEEDS = (0, *(pytest.param(s, marks=pytest.mark.slow) for s in (1, 2, 3, 4)))
+
+
+def total_rank(alloc, name):
+    return sum(alloc.modules[name].ranks)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rank_goes_to_the_module_that_needs_it(seed):
+    budget = Budget("rank", 12)
+    read, final = search(["rank:6", "rank:1"], seed, budget)
+    assert budget.measure(final, {}) <= 12
+    assert total_rank(final, "m0") > total_rank(final, "m1"), final.summary()
+    assert total_rank(read, "m0") > total_rank(read, "m1")  # the search itself, not the fill
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_graded_rank_needs_are_ranked_in_order(seed):
+    budget = Budget("rank", 18)
+    _, final = search(["rank:6", "rank:3", "rank:1"], seed, budget)
+    ranks = [total_rank(final, f"m{i}") for i in range(3)]
+    assert ranks[0] > ranks[1] > ranks[2], ranks
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_experts_go_to_the_module_that_needs_them(seed):
+    budget = Budget("experts", 6)
+    read, final = search(["experts:4", "rank:2"], seed, budget)
+    assert budget.measure(final, {}) <= 6
+    assert final.modules["m0"].experts > final.modules["m1"].experts, final.summary()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_nothing_to_learn_leaves_the_minimum(seed):
+    budget = Budget("rank", 40)  # room for 20 rank units more than the minimum
+    _, final = search(["noise", "noise"], seed, budget, start=(4, 4))
+    for m in final.modules.values():
+        assert m.ranks == (1, 1), final.summary()
+
+
+def test_posthoc_budget_mode_still_fits():
+    budget = Budget("rank", 10)
+    settings = SearchSettings(start="uniform", budget_mode="posthoc")
+    read, final = search(["rank:6", "rank:1"], 0, budget, steps=120, settings=settings)
+    assert budget.measure(final, {}) <= 10
