@@ -441,6 +441,7 @@ def test_every_allocation_config_builds(tmp_path):
         "mola_8888",
         "alphalora",
         "random",
+        "concentrated",
     } <= names
     saved = make_baseline("uniform", SMOLLM2, experts=4).save(tmp_path / "allocation.json")
     alphas = {layer: 2.0 + layer / 10 for layer in range(30)}
@@ -458,8 +459,13 @@ def test_every_allocation_config_builds(tmp_path):
         if f.stem == "alphalora":
             with open_dict(spec):
                 spec.alphas = alphas
+        # adalora and concentrated size ranks only: a params or rank budget
+        budget = Budget("rank" if f.stem in ("adalora", "concentrated") else "experts", 900)
+        if f.stem == "concentrated":
+            assert OmegaConf.to_container(OmegaConf.load(f))["from_file"] == "${searched}"
+            spec.module_kind = "k_proj"
         # the way the training entry point calls it: the run's depth and budget
-        a = build_allocation(spec, SMOLLM2, 30, Budget("experts", 900))
+        a = build_allocation(spec, SMOLLM2, 30, budget)
         assert set(a.modules) == set(SMOLLM2), f.name
         if f.stem == "random":
             assert a.total_experts == 900

@@ -59,6 +59,11 @@ def test_allocations_instantiate(allocation, tiny, tmp_path):
             ["backbone=tiny_llama", "allocation=random", "budget=experts", "budget.value=50"],
             tmp_path,
         )
+    if allocation == "concentrated":  # a params or rank budget and a kind (or a searched file)
+        over = ["allocation.module_kind=k_proj", "budget=rank", "budget.value=50"]
+        cfg = compose_cfg(
+            "train", ["backbone=tiny_llama", "allocation=concentrated", *over], tmp_path
+        )
     targets = build_targets(cfg, tiny[0])
     alloc = resolve_allocation(cfg, targets, 2)
     assert set(alloc.modules) == set(targets)

@@ -11,8 +11,8 @@ run folders (their ``metrics.json`` says ``"stage": "search"``) are not runs of 
 that used their allocation).
 
 The table has one row per method (named exactly: ``guilomo``, ``lora``, ``adalora``,
-``uniform``, ``mola_2468``, ``alphalora``, ``random``, ... and ``zero_shot``, the untouched
-backbone, once per task and seed) and one column per task (``backbone/task`` when
+``uniform``, ``mola_2468``, ``alphalora``, ``random``, ``concentrated``, ... and
+``zero_shot``, the untouched backbone, once per task and seed) and one column per task (``backbone/task`` when
 there are several backbones). A cell is ``mean ± std (n)`` over the runs, the std
 being the sample standard deviation (``n - 1``), absent for a single run. The last
 columns give the method's trainable parameters and mean search time. The CSV is long:
@@ -54,6 +54,7 @@ METHOD_ORDER = (
     "mola",
     "alphalora",
     "random",
+    "concentrated",
     "guilomo",
 )
 CSV_FIELDS = (

@@ -8,6 +8,9 @@
                 ``mola_<digits>`` names the pattern (``mola_2468``, ``mola_8642``, ...)
     alphalora   counts per layer from the weights' spectra (``total``, ``beta`` 2.5, ``rank`` 8)
     random      random counts/ranks fitted to the budget (``seed``)
+    concentrated
+                the budget on one module kind (``module_kind``, or the kind the allocation
+                in ``from_file`` values least), LoRA r=1 elsewhere: the poor control
 
 ``model_or_targets`` is a model (targets found with ``target_modules`` and
 ``layers``), ``{name: nn.Linear}`` (from :func:`~guilomo.moe.find_targets`), or
@@ -15,7 +18,7 @@
 needs the weights unless ``alphas`` is given). Every kind accepts ``seed``,
 ``num_layers`` (the backbone depth, for depth-dependent kinds) and ``budget`` (a
 :class:`~guilomo.budget.Budget` or its config mapping, the one way to size a
-baseline): ``random`` is drawn to fit it and every other kind is scaled to it
+baseline): ``random`` and ``concentrated`` fit it and every other kind is scaled to it
 with :func:`scale_to_budget` (``scale_mode`` "rank" or "experts").
 ``allocation.meta["method"]`` names the result exactly (see :func:`method_name`).
 Allocation files are read by :func:`guilomo.allocation.load_allocation`.
@@ -40,6 +43,7 @@ from guilomo.baselines.alphalora import (
     layer_alphas,
     spectrum_alpha,
 )
+from guilomo.baselines.concentrated import concentrated, least_valued_kind
 from guilomo.baselines.scale import apportion, scale_to_budget
 from guilomo.baselines.simple import (
     lora,
@@ -58,7 +62,9 @@ BUILDERS: dict[str, Callable[..., Allocation]] = {
     "mola": mola,  # and mola_<digits>: the pattern in the name
     "alphalora": alphalora,
     "random": random_allocation,
+    "concentrated": concentrated,
 }
+FITTED = ("random", "concentrated")  # builders that take the budget and fit it themselves
 KINDS = (*BUILDERS, "mola_<digits>")
 
 __all__ = [
@@ -67,10 +73,12 @@ __all__ = [
     "alpha_counts",
     "alphalora",
     "apportion",
+    "concentrated",
     "esd",
     "hill_alpha",
     "ks_alpha",
     "layer_alphas",
+    "least_valued_kind",
     "lora",
     "make_baseline",
     "mola",
@@ -136,12 +144,14 @@ def make_baseline(
     extra: dict = {}  # what the run knows, not recorded as options
     if name == "mola":
         extra["num_layers"] = num_layers
+    if name in FITTED:
+        extra["budget"] = budget
     if name == "random":
-        extra = {"budget": budget, "seed": int(seed or 0)}
+        extra["seed"] = int(seed or 0)
     alloc = _call(BUILDERS[name], kind, targets, **extra, **options)
 
     alloc.meta["baseline"] = {"kind": kind, **{k: _plain(v) for k, v in options.items()}}
-    if name != "random" and budget.active:
+    if name not in FITTED and budget.active:
         alloc = scale_to_budget(alloc, budget, shapes, mode=scale_mode)
     if num_layers is not None:
         alloc.meta.setdefault("num_layers", int(num_layers))
