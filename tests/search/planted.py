@@ -101,7 +101,9 @@ def search(
     mods = list(layers.values())
 
     def loss(batches):
-        return sum((m(b["x"]) - b["y"]).pow(2).sum(-1).mean() for m, b in zip(mods, batches))
+        return sum(
+            (m(b["x"]) - b["y"]).pow(2).sum(-1).mean() for m, b in zip(mods, batches, strict=True)
+        )
 
     gsv = [p for m in mods for p in (m.gsv_expert, m.gsv_rank)]
     theta = [p for m in mods for p in (m.lora_A, m.lora_B, m.router, m.rank_lambda)]
