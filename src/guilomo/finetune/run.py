@@ -19,6 +19,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from guilomo.allocation import Allocation
+from guilomo.allocation_view import allocation_scalars, log_allocation, save_heatmap
 from guilomo.budget import Budget
 from guilomo.finetune.evaluation import evaluate_datamodule
 from guilomo.finetune.module import FinetuneModule
@@ -35,18 +36,9 @@ from guilomo.pipeline import (
     build_trainer,
     run_dir,
 )
-from guilomo.search.heatmap import save_heatmap
 from guilomo.utils.io import atomic_write_text
 from guilomo.utils.kept import keep_finished_work, last_checkpoint
-from guilomo.utils.loggers import (
-    allocation_scalars,
-    config_params,
-    log_allocation,
-    log_final,
-    log_params,
-    log_table,
-    run_identity,
-)
+from guilomo.utils.loggers import config_params, log_final, log_params, log_table, run_identity
 from guilomo.utils.task import task_wrapper
 from guilomo.validate import train_fingerprint, validate_train
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from guilomo.allocation import layer_of
+from guilomo.allocation_view import short_name
 from guilomo.guards import FiniteGuard
 from guilomo.objective import Objective, linear_schedule
 from guilomo.search.architect import Architect
@@ -72,11 +72,6 @@ def shard_like_train(loader, trainer: L.Trainer):
         collate_fn=loader.collate_fn,
         num_workers=loader.num_workers,
     )
-
-
-def short_name(name: str) -> str:
-    """``model.layers.3.self_attn.q_proj`` -> ``L3.q_proj``."""
-    return f"L{layer_of(name)}.{name.split('.')[-1]}"
 
 
 class SearchModule(L.LightningModule):

@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from guilomo.allocation_view import allocation_scalars, log_allocation, save_heatmap
 from guilomo.budget import Budget
 from guilomo.data.datamodule import IGNORE
 from guilomo.moe import module_shapes
@@ -33,20 +34,12 @@ from guilomo.pipeline import (
 )
 from guilomo.search.config import SearchSettings
 from guilomo.search.diagnostics import SearchWarning, report_lines, report_warnings
-from guilomo.search.heatmap import save_heatmap
 from guilomo.search.layer import expert_groups, inject_search_adapter
 from guilomo.search.module import SearchModule
 from guilomo.search.readout import collect_gsvs, fit_budget, minimum_allocation, read_allocation
 from guilomo.utils.io import atomic_write_text
 from guilomo.utils.kept import keep_finished_work
-from guilomo.utils.loggers import (
-    allocation_scalars,
-    config_params,
-    log_allocation,
-    log_final,
-    log_params,
-    run_identity,
-)
+from guilomo.utils.loggers import config_params, log_final, log_params, run_identity
 from guilomo.utils.progress import eval_progress
 from guilomo.utils.task import task_wrapper
 from guilomo.validate import search_fingerprint, validate_search
