@@ -32,6 +32,7 @@ from guilomo.pipeline import (
     build_trainer,
     run_dir,
 )
+from guilomo.search.checks import search_fingerprint, validate_search
 from guilomo.search.config import SearchSettings
 from guilomo.search.diagnostics import SearchWarning, report_lines, report_warnings
 from guilomo.search.layer import expert_groups, inject_search_adapter
@@ -42,7 +43,6 @@ from guilomo.utils.kept import keep_finished_work
 from guilomo.utils.loggers import config_params, log_final, log_params, run_identity
 from guilomo.utils.progress import eval_progress
 from guilomo.utils.task import task_wrapper
-from guilomo.validate import search_fingerprint, validate_search
 
 log = logging.getLogger(__name__)
 ALLOCATION_FILE = "allocation.json"
