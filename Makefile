@@ -34,9 +34,12 @@ test-all: venv
 demo: venv
 	PYTHON=$(PY) bash scripts/demo.sh
 
+# lint-imports: the floors of pyproject.toml [tool.importlinter] (docs/architecture.md),
+# checked on this checkout's src/
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	PYTHONPATH=src $(VENV)/bin/lint-imports
 
 bench: venv
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
