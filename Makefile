@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 TORCH_INDEX ?=
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: venv test test-slow test-all demo lint bench
+.PHONY: venv test test-slow test-all test-network demo lint bench
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ test-slow: venv
 
 test-all: venv
 	$(TEST_ENV) $(PY) -m pytest -q
+
+# the tests that download (the 358 MB BIG-bench archive); every other target skips them
+test-network: venv
+	$(PY) -m pytest -q -m network --network
 
 demo: venv
 	PYTHON=$(PY) bash scripts/demo.sh

