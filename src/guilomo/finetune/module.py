@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from guilomo.guards import FiniteGuard
+from guilomo.guards import guard_callbacks
 from guilomo.objective import Objective, linear_schedule
 from guilomo.utils.rng import gather_rng_states, process_position, restore_rng_states
 from guilomo.validate import FINGERPRINT
@@ -70,7 +70,7 @@ class FinetuneModule(L.LightningModule):
         return self._loss(batch, "val")
 
     def configure_callbacks(self):
-        return [FiniteGuard(fix="lower optim.lr or raise optim.warmup_steps")]
+        return guard_callbacks(self, fix="lower optim.lr or raise optim.warmup_steps")
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

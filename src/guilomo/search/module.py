@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from guilomo.allocation_view import short_name
-from guilomo.guards import FiniteGuard
+from guilomo.guards import guard_callbacks
 from guilomo.objective import Objective, linear_schedule
 from guilomo.search.architect import Architect
 from guilomo.search.config import SearchSettings
@@ -138,6 +138,14 @@ class SearchModule(L.LightningModule):
         with pass_mode(self.model, aux=False, dropout=self.settings.outer_dropout):
             return self.lm_loss(batch)
 
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """L_val of a held-out batch, logged as ``val/loss``. ``run_search`` turns Lightning's
+        val loop off (``limit_val_batches=0``): the outer step draws the held-out batches
+        itself and the run scores the whole split once at the end (``heldout_loss``)."""
+        loss = self.val_loss(batch)
+        self.log("val/loss", loss, batch_size=batch["input_ids"].shape[0])
+        return loss
+
     def outer_train_loss(self, batch: dict) -> Tensor:
         """L_train as the outer step sees it (virtual step, finite differences)."""
         with pass_mode(self.model, aux=True, dropout=self.settings.outer_dropout):
@@ -146,7 +154,7 @@ class SearchModule(L.LightningModule):
     # -- optimisers -----------------------------------------------------------------------
     def configure_callbacks(self):
         fix = "lower search.inner.lr / search.outer.lr or raise search.inner.warmup_steps"
-        return [FiniteGuard(fix=fix)]
+        return guard_callbacks(self, fix=fix)
 
     def configure_optimizers(self):
         s = self.settings

@@ -116,7 +116,7 @@ def run_search(cfg: DictConfig) -> Path:
     identity = run_identity(
         "search", method, cfg.backbone.id, cfg.task.id, budget.to_dict(), cfg.seed, variant
     )
-    # the search has no validation loop: held-out batches feed the outer step instead
+    # no Lightning val loop: held-out batches feed the outer step, heldout_loss scores the split
     trainer = build_trainer(cfg, identity=identity, limit_val_batches=0, num_sanity_val_steps=0)
     params = config_params(cfg, method=method, variant=variant)
     log_params(trainer.loggers, params)
