@@ -39,7 +39,7 @@ def launch(script: str, args: list[str], tmp_path: Path, ok: bool = True):
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
         "OMP_NUM_THREADS": "1",  # tiny model: threads only contend on 2 shared cores
-        "PYTHONPATH": str(ROOT / "tests"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
         "PROJECT_ROOT": str(tmp_path),
     }
     proc = subprocess.run(
