@@ -18,6 +18,10 @@ import pytest
 import yaml
 from wandb_records import find_runs
 
+# true integration runs (each case is a Hydra multirun of train.py / search.py processes):
+# make test-slow, run by CI
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [
     "backbone=tiny_llama",
