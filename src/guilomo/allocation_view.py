@@ -45,6 +45,7 @@ def allocation_grid(allocation: Allocation) -> tuple[list[int], list[str], np.nd
 
 def save_heatmap(allocation: Allocation, path: str | Path, title: str | None = None) -> Path:
     """Write a two-panel PNG (experts, mean rank per expert) to ``path``; returns it."""
+    # lazy: matplotlib is slow to import and only drawing needs it (its backend set first)
     import matplotlib
 
     matplotlib.use("Agg", force=False)
