@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 TORCH_INDEX ?=
 TEST_ENV := HF_HUB_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: venv test test-slow test-all demo lint bench
+.PHONY: venv test test-slow test-all test-network demo lint bench
 
 venv: $(STAMP)
 
@@ -31,12 +31,19 @@ test-slow: venv
 test-all: venv
 	$(TEST_ENV) $(PY) -m pytest -q
 
+# the tests that download (the 358 MB BIG-bench archive); every other target skips them
+test-network: venv
+	$(PY) -m pytest -q -m network --network
+
 demo: venv
 	PYTHON=$(PY) bash scripts/demo.sh
 
+# lint-imports: the floors of pyproject.toml [tool.importlinter] (docs/architecture.md),
+# checked on this checkout's src/
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	PYTHONPATH=src $(VENV)/bin/lint-imports
 
 bench: venv
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

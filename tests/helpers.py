@@ -21,7 +21,7 @@ SUBPROCESS_ENV = {
     **os.environ,
     "HF_HUB_OFFLINE": "1",
     "WANDB_MODE": "offline",
-    "PYTHONPATH": str(ROOT / "tests"),
+    "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
     "OMP_NUM_THREADS": "1",
 }
 

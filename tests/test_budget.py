@@ -7,7 +7,7 @@ from guilomo.allocation import Allocation, AllocationError, ModuleAllocation
 from guilomo.backbone import load_backbone
 from guilomo.baselines import make_baseline
 from guilomo.budget import Budget, BudgetError
-from guilomo.finetune.run import resolve_allocation
+from guilomo.finetune.allocation import resolve_allocation
 from guilomo.moe import find_targets, module_shapes
 from guilomo.pipeline import build_budget, build_targets
 

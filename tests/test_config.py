@@ -6,7 +6,7 @@ from compose import compose_cfg, options
 from lightning.pytorch import Trainer
 
 from guilomo.budget import Budget
-from guilomo.finetune.run import resolve_allocation
+from guilomo.finetune.allocation import resolve_allocation
 from guilomo.moe import LoraMoEConfig
 from guilomo.pipeline import (
     build_backbone,

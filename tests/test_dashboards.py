@@ -17,10 +17,10 @@ from tensorboard.util.tensor_util import make_ndarray
 from wandb_records import find_runs
 
 from guilomo.allocation import Allocation, ModuleAllocation
+from guilomo.allocation_view import log_allocation, save_heatmap
 from guilomo.finetune.run import run_train
 from guilomo.finetune.usage import RouterUsage
-from guilomo.search.heatmap import save_heatmap
-from guilomo.utils.loggers import log_allocation, log_final, run_identity, with_identity
+from guilomo.utils.loggers import log_final, run_identity, with_identity
 from guilomo.utils.progress import StepProgressBar
 from guilomo.utils.task import metric_value, task_wrapper, tidy_console_logging
 

@@ -83,6 +83,7 @@ def test_cpu_twin_is_small_and_offline(tmp_path):
     assert sizes[0] == sizes[1]  # the fine-tunes see the data the search saw
 
 
+@pytest.mark.slow  # the chain script: a search and its fine-tunes, as processes
 def test_cpu_twin_chain_end_to_end_on_tiny(tmp_path):
     env = {
         **os.environ,

@@ -18,6 +18,10 @@ import pytest
 import yaml
 from wandb_records import find_runs
 
+# true integration runs (each case is a Hydra multirun of train.py / search.py processes):
+# make test-slow, run by CI
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [
     "backbone=tiny_llama",
@@ -39,7 +43,7 @@ def launch(script: str, args: list[str], tmp_path: Path, ok: bool = True):
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
         "OMP_NUM_THREADS": "1",  # tiny model: threads only contend on 2 shared cores
-        "PYTHONPATH": str(ROOT / "tests"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
         "PROJECT_ROOT": str(tmp_path),
     }
     proc = subprocess.run(

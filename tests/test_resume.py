@@ -12,10 +12,15 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from helpers import ROOT
 from helpers import SUBPROCESS_ENV as ENV
 from safetensors.torch import load_file
+
+# true integration runs (each case runs search.py / train.py three times as processes):
+# make test-slow, run by CI
+pytestmark = pytest.mark.slow
 
 COMMON = [
     "backbone=tiny_llama",

@@ -15,7 +15,7 @@ from guilomo.allocation import AllocationError
 from guilomo.budget import BudgetError
 from guilomo.finetune.run import run_train
 from guilomo.search.run import run_search
-from guilomo.validate import ConfigError
+from guilomo.utils.checks import ConfigError
 
 NO_LOAD = ["backbone=tiny_llama", "backbone.loader._target_=helpers.loader_must_not_run"]
 TRAIN = [*NO_LOAD, "logger=none", "callbacks=none", "trainer.max_steps=2"]

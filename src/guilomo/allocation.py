@@ -35,6 +35,21 @@ def module_params(ranks: Sequence[int], d_in: int, d_out: int, router: bool = Tr
     return lora + (len(ranks) * d_in if router and len(ranks) > 1 else 0)
 
 
+def module_shapes(modules: Mapping) -> dict[str, tuple[int, int]]:
+    """``{name: (d_in, d_out)}`` of linear modules (anything with ``in_features`` and
+    ``out_features``, e.g. ``nn.Linear``) or of ``(d_in, d_out)`` pairs (kept), for
+    parameter counts and budgets."""
+    shapes = {}
+    for n, m in modules.items():
+        if hasattr(m, "in_features") and hasattr(m, "out_features"):
+            shapes[n] = (int(m.in_features), int(m.out_features))
+        elif isinstance(m, Sequence) and len(m) == 2:
+            shapes[n] = (int(m[0]), int(m[1]))
+        else:
+            raise TypeError(f"'{n}': expected nn.Linear or a (d_in, d_out) pair, got {m!r}")
+    return shapes
+
+
 @dataclass(frozen=True)
 class ModuleAllocation:
     """Experts of one adapted linear layer: ``ranks[i]`` is the rank of expert ``i``."""
@@ -238,8 +253,6 @@ def load_allocation(
     modules that may be adapted: ``{name: nn.Linear}`` or ``{name: (d_in, d_out)}``),
     and fit ``budget`` (a :class:`~guilomo.budget.Budget`) when one is given.
     """
-    from guilomo.moe.inject import module_shapes  # moe imports this module
-
     if path is None:
         raise AllocationError(
             "allocation=file needs the file: allocation.path=<allocation.json> "

@@ -10,6 +10,7 @@ a budget makes comparisons with baselines fair. The rules live here once:
   the value from what that allocation spends (so baselines train at the searched
   allocation's size without copying numbers by hand).
 - ``Budget.check`` / ``check_minimum`` raise with a fix when an allocation does not fit.
+- ``check_config(spec)``: the config's kind and value, checked before any weights load.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guilomo.allocation import Allocation, AllocationError, module_params
+from guilomo.utils.checks import ConfigError, check_choice, check_int
 
 KINDS = ("none", "experts", "rank", "params")
 CONFIG_KEYS = ("kind", "value", "path")
@@ -136,6 +138,19 @@ class Budget:
         if self.matched is not None:
             out["matched"] = self.matched
         return out
+
+
+def check_config(spec) -> None:
+    """The ``budget`` config's kind and value (a :class:`ConfigError` naming the key); the
+    full :meth:`Budget.from_config`, which may read a file to match, runs once the module
+    shapes are known."""
+    spec = spec or {}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"budget={spec!r} must be a config group (budget=params budget.value=N)")
+    kind = spec.get("kind", "none")
+    check_choice("budget.kind", kind, (*KINDS, "match"))
+    if kind != "none" and spec.get("path") is None:
+        check_int("budget.value", spec.get("value"), 1)
 
 
 def spent_by_file(kind: str, path, shapes: Mapping[str, tuple[int, int]] | None = None) -> int:

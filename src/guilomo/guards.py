@@ -1,8 +1,8 @@
 """Stop a diverging run: a non-finite loss, gradient, weight or GSV raises at once.
 
 :class:`FiniteGuard` is a Lightning callback; both LightningModules add it in
-``configure_callbacks``, so it runs under any ``callbacks`` config (also ``none`` and
-``debug=fast``). Per step it costs one ``isfinite`` reduction per tensor and a single
+``configure_callbacks`` (:func:`guard_callbacks`), so it runs under any ``callbacks``
+config (also ``none`` and ``debug=fast``). Per step it costs one ``isfinite`` reduction per tensor and a single
 host sync per check, far cheaper than ``detect_anomaly``. The checks run
 
 - on the loss, before backward;
@@ -42,6 +42,17 @@ def first_non_finite(named: Iterable[tuple[str, Tensor]]) -> str | None:
     if bool(flags.all()):
         return None
     return named[int((~flags).nonzero()[0])][0]
+
+
+def guard_callbacks(module: L.LightningModule, fix: str) -> list[L.Callback]:
+    """What a module's ``configure_callbacks`` returns: a :class:`FiniteGuard` with ``fix``,
+    unless its trainer runs one already. Lightning asks again on every ``fit`` /
+    ``validate`` of the same trainer; a second guard would replace the first and print
+    that it "will override existing callbacks"."""
+    trainer = module._trainer  # None outside a trainer (the property would raise)
+    if trainer is not None and any(isinstance(c, FiniteGuard) for c in trainer.callbacks):
+        return []
+    return [FiniteGuard(fix=fix)]
 
 
 class FiniteGuard(L.Callback):

@@ -1,13 +1,17 @@
-"""BIG-bench: a real task from the pip-downloaded archive, and offline paths on a fake archive.
+"""BIG-bench: the parsing on small archives built from invented tasks, and the real archive.
 
-The real archive (358 MB) is downloaded once by pip into ``$GUILOMO_CACHE/bigbench``
-(default ``~/.cache/guilomo/bigbench``), outside the repository; the extracted
-task.json is cached next to it so later runs do not reopen the archive.
+The fast tests build an archive laid out like the ``bigbench`` sdist from
+``tests/fixtures/bigbench_task.json`` (invented reviews in BIG-bench's task.json
+format, not BIG-bench data) and from ``FAKE``. The real archive (358 MB) is downloaded
+once by pip into ``$GUILOMO_CACHE/bigbench`` (default ``~/.cache/guilomo/bigbench``),
+outside the repository; that test is marked ``network`` and runs only with
+``pytest --network`` (``make test-network``).
 """
 
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -27,18 +31,61 @@ FAKE = {
 }
 
 
-@pytest.fixture
-def fake_cache(tmp_path):
-    """A cache dir holding a small archive laid out like the bigbench sdist."""
-    with tarfile.open(tmp_path / bigbench.ARCHIVE, "w:gz") as tar:
-        for name, task in [("toy", FAKE), ("toy/sub", FAKE)]:
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "bigbench_task.json"
+REVIEWS = json.loads(FIXTURE.read_text())
+OPTIONS = ("ambivalent", "positive", "negative", "neutral")
+
+
+def write_archive(cache, tasks: dict) -> None:
+    """An archive laid out like the bigbench sdist holding ``{subtask: task dict}``."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(cache / bigbench.ARCHIVE, "w:gz") as tar:
+        for name, task in tasks.items():
             data = json.dumps(task).encode()
             info = tarfile.TarInfo(bigbench.MEMBER.format(name))
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture
+def fake_cache(tmp_path):
+    """A cache dir holding a small archive laid out like the bigbench sdist."""
+    write_archive(tmp_path, {"toy": FAKE, "toy/sub": FAKE})
     return tmp_path
 
 
+def test_nested_subtask_from_default_cache(tmp_path, monkeypatch):
+    """What test_real_multiemo checks, on the invented reviews: a nested subtask read from
+    the default cache, options in file order, the gold by argmax, prefix and options."""
+    monkeypatch.setenv("GUILOMO_CACHE", str(tmp_path))
+    write_archive(bigbench.default_cache(), {"reviews/sentence_en": REVIEWS})
+    examples = load_task("bigbench", subtask="reviews/sentence_en")
+    assert len(examples) == len(REVIEWS["examples"]) == 8
+    assert {e.options for e in examples} == {OPTIONS}
+    assert {e.output for e in examples} == set(OPTIONS)
+    assert [e.output for e in examples[:4]] == ["positive", "negative", "neutral", "ambivalent"]
+    assert examples[3].label == 0 and examples[0].label == 1
+    assert examples[0].instruction == REVIEWS["task_prefix"]
+    assert examples[0].input == (
+        "The lamp arrived on time and lights the desk well."
+        "\nOptions:\n- ambivalent\n- positive\n- negative\n- neutral"
+    )
+    assert (bigbench.default_cache() / "tasks/reviews/sentence_en/task.json").is_file()
+
+
+def test_description_and_no_appended_choices(tmp_path):
+    """Without ``task_prefix`` the description is the instruction; the options are not
+    appended when the task says ``append_choices_to_input: false``."""
+    task = {k: v for k, v in REVIEWS.items() if k != "task_prefix"}
+    task["append_choices_to_input"] = False
+    write_archive(tmp_path, {"plain": task})
+    examples = load_task("bigbench", subtask="plain", cache_dir=str(tmp_path))
+    assert examples[0].instruction == REVIEWS["description"]
+    assert examples[0].input == "The lamp arrived on time and lights the desk well."
+    assert examples[0].options == OPTIONS
+
+
+@pytest.mark.network
 def test_real_multiemo():
     examples = load_task("bigbench", subtask="multiemo/reviews_sentence_en")
     assert len(examples) == 2531

@@ -27,6 +27,9 @@ import guilomo.search.run as search_run
 from guilomo.allocation import Allocation
 from guilomo.search.layer import gsv_parameters
 
+# true integration runs (two DDP processes against one, per order): make test-slow, run by CI
+pytestmark = pytest.mark.slow
+
 TOPICS = "[conversations,emotion,literature,movies,psychology,trivia]"
 STEPS = 3
 COMMON = [

@@ -5,6 +5,7 @@ one does."""
 
 import json
 
+import pytest
 import torch
 from compose import compose_cfg
 from ddp_helpers import DDP_CPU, launch
@@ -13,6 +14,9 @@ from safetensors.torch import load_file
 from guilomo.finetune.evaluation import evaluate_datamodule
 from guilomo.moe import load_adapter
 from guilomo.pipeline import build_backbone, build_datamodule
+
+# true integration runs (two DDP processes, then a resumed pair): make test-slow, run by CI
+pytestmark = pytest.mark.slow
 
 COMMON = [
     *DDP_CPU,

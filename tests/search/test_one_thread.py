@@ -1,4 +1,4 @@
-"""tests/conftest.py runs this folder's tests on one intra-op thread (tiny models)."""
+"""tests/conftest.py runs tests on one intra-op thread (tiny models), this folder's too."""
 
 import torch
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
-from guilomo.allocation import Allocation, method_name
+from guilomo.allocation import Allocation, method_name, module_shapes
 from guilomo.baselines.alphalora import (
     alpha_counts,
     alphalora,
@@ -53,7 +53,7 @@ from guilomo.baselines.simple import (
     uniform_moe,
 )
 from guilomo.budget import Budget
-from guilomo.moe.inject import find_targets, module_shapes
+from guilomo.moe.inject import find_targets
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BUILDERS: dict[str, Callable[..., Allocation]] = {

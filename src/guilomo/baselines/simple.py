@@ -20,10 +20,15 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Iterable, Mapping, Sequence
 
-from guilomo.allocation import Allocation, AllocationError, ModuleAllocation, layer_of
+from guilomo.allocation import (
+    Allocation,
+    AllocationError,
+    ModuleAllocation,
+    layer_of,
+    module_shapes,
+)
 from guilomo.allocation import uniform as _uniform
 from guilomo.budget import Budget, BudgetError
-from guilomo.moe.inject import module_shapes
 
 
 def lora(names: Iterable[str], rank: int = 8, top_k: int = 1) -> Allocation:

@@ -17,7 +17,8 @@ normalisation, where an option is known by the answer the pattern reads from it
 when that is distinct per option ("The answer is B." -> "b";
 :func:`~guilomo.eval.answer.option_keys`). Without ``options`` (free-form, e.g.
 GSM8K) only generation and ``accuracy`` (exact match of normalised answers) apply.
-Metrics: :mod:`guilomo.eval.metrics`.
+Metrics: :mod:`guilomo.eval.metrics`. :func:`check_eval_config` checks a run's ``eval``
+config before any weights load.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from guilomo.eval.answer import extract_answer, is_correct, option_index, option
 from guilomo.eval.generate import generate
 from guilomo.eval.metrics import Metrics
 from guilomo.eval.scoring import score_options
+from guilomo.utils.checks import check_bool, check_choice, check_int, get
 
 MODES = ("generate", "loglik")
 WHOLE_OUTPUT = r"(?s)^\s*(.*?)\s*$"  # the answer is the whole (stripped) output
@@ -59,6 +61,16 @@ class EvalSettings:
             raise ValueError(f"mode '{self.mode}' is not one of {list(MODES)}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError("eval batch_size and max_new_tokens must be >= 1")
+
+
+def check_eval_config(cfg) -> None:
+    """The run's ``eval.*`` values (a ConfigError naming the key and the fix)."""
+    check_choice("eval.mode", get(cfg, "eval.mode"), MODES)
+    check_int("eval.batch_size", get(cfg, "eval.batch_size"), 1)
+    check_int("eval.max_new_tokens", get(cfg, "eval.max_new_tokens"), 1)
+    check_int("eval.limit", get(cfg, "eval.limit", None), 1, none_ok=True)
+    for key in ("eval.zero_shot", "eval.option_eos"):
+        check_bool(key, get(cfg, key, True))
 
 
 def _target(i: int, gold, options: Sequence[str], labels, answer_pattern: str) -> int:

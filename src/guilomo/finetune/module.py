@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from guilomo.guards import FiniteGuard
+from guilomo.guards import guard_callbacks
 from guilomo.objective import Objective, linear_schedule
 from guilomo.utils.rng import gather_rng_states, process_position, restore_rng_states
 from guilomo.validate import FINGERPRINT
@@ -82,8 +82,10 @@ class FinetuneModule(L.LightningModule):
         return self._loss(batch, "val")
 
     def configure_callbacks(self):
-        guard = FiniteGuard(fix="lower optim.lr or raise optim.warmup_steps")
-        return [guard, *self.adapter_callbacks]
+        guards = guard_callbacks(self, fix="lower optim.lr or raise optim.warmup_steps")
+        trainer = self._trainer  # asked again on trainer.validate: add each callback once
+        running = [] if trainer is None else trainer.callbacks
+        return [*guards, *(c for c in self.adapter_callbacks if c not in running)]
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

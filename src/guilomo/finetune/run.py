@@ -21,15 +21,16 @@ import lightning as L
 from omegaconf import DictConfig
 
 from guilomo.allocation import Allocation
-from guilomo.budget import Budget
+from guilomo.allocation_view import allocation_scalars, log_allocation, save_heatmap
 from guilomo.finetune.adalora import AdaLora, AdaLoraSchedule, is_adalora
+from guilomo.finetune.allocation import budget_record, resolve_allocation
+from guilomo.finetune.checks import train_fingerprint, validate_train
 from guilomo.finetune.evaluation import evaluate_datamodule
 from guilomo.finetune.module import FinetuneModule
 from guilomo.finetune.usage import COLUMNS as USAGE_COLUMNS
 from guilomo.finetune.usage import RouterUsage
 from guilomo.moe import inject_adapter, module_shapes, save_adapter, trainable_parameters
 from guilomo.pipeline import (
-    build_allocation,
     build_backbone,
     build_budget,
     build_datamodule,
@@ -38,51 +39,13 @@ from guilomo.pipeline import (
     build_trainer,
     run_dir,
 )
-from guilomo.search.heatmap import save_heatmap
 from guilomo.utils.io import atomic_write_text
 from guilomo.utils.kept import keep_finished_work, last_checkpoint
-from guilomo.utils.loggers import (
-    allocation_scalars,
-    config_params,
-    log_allocation,
-    log_final,
-    log_params,
-    log_table,
-    run_identity,
-)
+from guilomo.utils.loggers import config_params, log_final, log_params, log_table, run_identity
 from guilomo.utils.task import task_wrapper
-from guilomo.validate import train_fingerprint, validate_train
 
 log = logging.getLogger(__name__)
 HEATMAP_FILE = "allocation_heatmap.png"
-
-
-def resolve_allocation(
-    cfg: DictConfig, targets: dict, num_layers: int, budget: Budget | None = None
-) -> Allocation:
-    """The allocation ``cfg.allocation`` builds for these targets under ``budget``
-    (default: the one ``cfg.budget`` builds); a baseline made for this run records the
-    run in its ``meta`` (a file keeps the meta it was saved with)."""
-    shapes = module_shapes(targets)
-    budget = build_budget(cfg, shapes) if budget is None else budget
-    alloc = build_allocation(cfg.allocation, targets, num_layers, budget)
-    run = {
-        "method": alloc.method,
-        "backbone": cfg.backbone.id,
-        "num_layers": num_layers,
-        "task": cfg.task.id,
-        "budget": budget.to_dict(),
-        "trainable_params": alloc.trainable_params(shapes),
-    }
-    if "path" not in cfg.allocation:
-        alloc.meta.update(run)
-    return alloc
-
-
-def budget_record(budget: Budget, alloc: Allocation, shapes: dict) -> dict:
-    """``{kind, value, spent[, matched]}`` of the run's budget; ``spent`` is what the
-    allocation spends in the budget's unit (trainable parameters when there is none)."""
-    return {**budget.to_dict(), "spent": budget.measure(alloc, shapes)}
 
 
 def search_record(alloc: Allocation, path: str | None) -> dict | None:

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from guilomo.allocation import layer_of
+from guilomo.allocation_view import short_name
 from guilomo.moe import adapter_modules
-from guilomo.search.module import short_name
 
 COLUMNS = ["module", "layer", "kind", "expert", "rank", "share"]
 

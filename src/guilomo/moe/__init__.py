@@ -1,12 +1,16 @@
-"""The LoRA-MoE adapter: config, layer, injection into a backbone, save / load."""
+"""The LoRA-MoE adapter: config, layer, injection into a backbone, save / load.
 
+(``module_shapes`` lives with the parameter counts in :mod:`guilomo.allocation`; it is
+exported here too, beside :func:`find_targets` whose result it reads.)
+"""
+
+from guilomo.allocation import module_shapes
 from guilomo.moe.config import LoraMoEConfig
 from guilomo.moe.inject import (
     adapter_modules,
     aux_loss,
     find_targets,
     inject_adapter,
-    module_shapes,
     trainable_parameters,
 )
 from guilomo.moe.io import load_adapter, save_adapter

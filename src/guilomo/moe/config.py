@@ -1,9 +1,16 @@
-"""Settings of the LoRA-MoE adapter, validated on creation (peft-style config dataclass)."""
+"""Settings of the LoRA-MoE adapter, validated on creation (peft-style config dataclass).
+
+:meth:`LoraMoEConfig.from_config` builds it from the run's ``adapter`` config, each
+error a :class:`~guilomo.utils.checks.ConfigError` naming the ``adapter.*`` key.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+
+from guilomo.utils.checks import ConfigError, check_fields
 
 SCALINGS = ("per_expert", "last_expert")
 IMPLS = ("masked", "loop")
@@ -49,6 +56,15 @@ class LoraMoEConfig:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         if self.aux_coef < 0:
             raise ValueError(f"aux_coef must be >= 0, got {self.aux_coef}")
+
+    @classmethod
+    def from_config(cls, spec: Mapping, key: str = "adapter") -> LoraMoEConfig:
+        """The config from the run's ``adapter`` mapping: types first, then the ranges."""
+        check_fields(key, cls, dict(spec))
+        try:
+            return cls(**spec)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{key}: {e}; fix the {key}.* value") from e
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -58,20 +58,6 @@ def find_targets(
             f"this model's linear layer names are {linear}"
         )
     return found
-
-
-def module_shapes(modules: Mapping) -> dict[str, tuple[int, int]]:
-    """``{name: (d_in, d_out)}`` of linear modules (or of ``(d_in, d_out)`` pairs, kept),
-    for parameter counts and budgets."""
-    shapes = {}
-    for n, m in modules.items():
-        if isinstance(m, nn.Linear):
-            shapes[n] = (m.in_features, m.out_features)
-        elif isinstance(m, Sequence) and len(m) == 2:
-            shapes[n] = (int(m[0]), int(m[1]))
-        else:
-            raise TypeError(f"'{n}': expected nn.Linear or a (d_in, d_out) pair, got {m!r}")
-    return shapes
 
 
 def inject_adapter(

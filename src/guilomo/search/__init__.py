@@ -6,8 +6,6 @@ Public API::
         SearchSettings, inject_search_adapter, SearchModule, Architect,
         collect_gsvs, read_allocation, fit_budget, run_search,
     )
-
-``run_search`` is imported lazily (it pulls in the Hydra pipeline).
 """
 
 from guilomo.search.architect import Architect, restore_optimizer, snapshot_optimizer
@@ -29,6 +27,7 @@ from guilomo.search.readout import (
     minimum_allocation,
     read_allocation,
 )
+from guilomo.search.run import run_search
 
 __all__ = [
     "Architect",
@@ -53,11 +52,3 @@ __all__ = [
     "search_layers",
     "snapshot_optimizer",
 ]
-
-
-def __getattr__(name):
-    if name == "run_search":
-        from guilomo.search.run import run_search
-
-        return run_search
-    raise AttributeError(name)

@@ -41,9 +41,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from guilomo.allocation import layer_of
+from guilomo.allocation_view import short_name
 from guilomo.budget import Budget
-from guilomo.guards import FiniteGuard
+from guilomo.guards import guard_callbacks
 from guilomo.objective import Objective, linear_schedule
 from guilomo.search.architect import Architect
 from guilomo.search.config import SearchSettings
@@ -85,11 +85,6 @@ def shard_like_train(loader, trainer: L.Trainer):
         collate_fn=loader.collate_fn,
         num_workers=loader.num_workers,
     )
-
-
-def short_name(name: str) -> str:
-    """``model.layers.3.self_attn.q_proj`` -> ``L3.q_proj``."""
-    return f"L{layer_of(name)}.{name.split('.')[-1]}"
 
 
 class SearchModule(L.LightningModule):
@@ -175,6 +170,14 @@ class SearchModule(L.LightningModule):
         with pass_mode(self.model, aux=False, dropout=self.settings.outer_dropout):
             return self.lm_loss(batch)
 
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """L_val of a held-out batch, logged as ``val/loss``. ``run_search`` turns Lightning's
+        val loop off (``limit_val_batches=0``): the outer step draws the held-out batches
+        itself and the run scores the whole split once at the end (``heldout_loss``)."""
+        loss = self.val_loss(batch)
+        self.log("val/loss", loss, batch_size=batch["input_ids"].shape[0])
+        return loss
+
     def outer_train_loss(self, batch: dict) -> Tensor:
         """L_train as the outer step sees it (virtual step, finite differences)."""
         with pass_mode(self.model, aux=True, dropout=self.settings.outer_dropout):
@@ -183,7 +186,7 @@ class SearchModule(L.LightningModule):
     # -- optimisers -----------------------------------------------------------------------
     def configure_callbacks(self):
         fix = "lower search.inner.lr / search.outer.lr or raise search.inner.warmup_steps"
-        return [FiniteGuard(fix=fix)]
+        return guard_callbacks(self, fix=fix)
 
     def configure_optimizers(self):
         s = self.settings

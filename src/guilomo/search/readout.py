@@ -37,6 +37,7 @@ from torch import Tensor
 from guilomo.allocation import Allocation, ModuleAllocation, uniform
 from guilomo.budget import Budget, BudgetError
 from guilomo.search.gsv import MIN_EXPERTS, selected_experts, selected_ranks
+from guilomo.search.layer import search_layers
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,6 @@ class ModuleGSVs:
 
 def collect_gsvs(model) -> dict[str, ModuleGSVs]:
     """Sigmoid GSVs of every search layer of ``model``."""
-    from guilomo.search.layer import search_layers
-
     return {
         n: ModuleGSVs.from_logits(m.gsv_expert, m.gsv_rank) for n, m in search_layers(model).items()
     }

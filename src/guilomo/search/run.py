@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from guilomo.allocation_view import allocation_scalars, log_allocation, save_heatmap
 from guilomo.budget import Budget
 from guilomo.data.datamodule import IGNORE
 from guilomo.moe import module_shapes
@@ -31,9 +32,9 @@ from guilomo.pipeline import (
     build_trainer,
     run_dir,
 )
+from guilomo.search.checks import search_fingerprint, validate_search
 from guilomo.search.config import SearchSettings
 from guilomo.search.diagnostics import SearchWarning, report_lines, report_warnings
-from guilomo.search.heatmap import save_heatmap
 from guilomo.search.layer import expert_groups, inject_search_adapter
 from guilomo.search.module import SearchModule
 from guilomo.search.readout import (
@@ -46,17 +47,9 @@ from guilomo.search.readout import (
 )
 from guilomo.utils.io import atomic_write_text
 from guilomo.utils.kept import keep_finished_work
-from guilomo.utils.loggers import (
-    allocation_scalars,
-    config_params,
-    log_allocation,
-    log_final,
-    log_params,
-    run_identity,
-)
+from guilomo.utils.loggers import config_params, log_final, log_params, run_identity
 from guilomo.utils.progress import eval_progress
 from guilomo.utils.task import task_wrapper
-from guilomo.validate import search_fingerprint, validate_search
 
 log = logging.getLogger(__name__)
 ALLOCATION_FILE = "allocation.json"
@@ -155,7 +148,7 @@ def run_search(cfg: DictConfig) -> Path:
     identity = run_identity(
         "search", method, cfg.backbone.id, cfg.task.id, budget.to_dict(), cfg.seed, variant
     )
-    # the search has no validation loop: held-out batches feed the outer step instead
+    # no Lightning val loop: held-out batches feed the outer step, heldout_loss scores the split
     trainer = build_trainer(cfg, identity=identity, limit_val_batches=0, num_sanity_val_steps=0)
     params = config_params(cfg, method=method, variant=variant)
     log_params(trainer.loggers, params)

@@ -13,7 +13,8 @@ CSV            ``hparams.yaml``          ``<log dir>/<key>.csv``    (the PNG in 
 =============  ========================  =========================  ====================
 
 A run's identity (W&B name, group, tags) comes from stage, method, backbone, task,
-budget and seed (:func:`run_identity`); the logger config's own values win.
+budget and seed (:func:`run_identity`); the logger config's own values win. An
+allocation's table and heatmap go out through :mod:`guilomo.allocation_view`.
 """
 
 from __future__ import annotations
@@ -28,10 +29,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from guilomo.allocation import Allocation, layer_of
 from guilomo.utils.io import atomic_write_text
-
-ALLOCATION_COLUMNS = ["module", "layer", "kind", "experts", "ranks", "total_rank"]
 
 
 # -- identity -------------------------------------------------------------------------
@@ -166,36 +164,3 @@ def log_image(loggers: Iterable[Logger], key: str, path: str | Path, step: int) 
 
             rgb = matplotlib.image.imread(str(path))[..., :3]
             lg.experiment.add_image(key, rgb, global_step=step, dataformats="HWC")
-
-
-# -- the allocation -------------------------------------------------------------------
-def allocation_rows(allocation: Allocation) -> list[list]:
-    """One row per module: ``module, layer, kind, experts, ranks ("8 8 4"), total_rank``."""
-    return [
-        [
-            name,
-            layer_of(name),
-            name.split(".")[-1],
-            m.experts,
-            " ".join(map(str, m.ranks)),
-            m.total_rank,
-        ]  # fmt: skip
-        for name, m in allocation.modules.items()
-    ]
-
-
-def allocation_scalars(allocation: Allocation) -> dict[str, float]:
-    return {
-        "alloc/modules": len(allocation.modules),
-        "alloc/experts_total": allocation.total_experts,
-        "alloc/rank_total": allocation.total_rank,
-    }
-
-
-def log_allocation(
-    loggers: Iterable[Logger], allocation: Allocation, heatmap: str | Path | None, step: int
-) -> None:
-    """The allocation as a table (module, layer, kind, experts, ranks) and its heatmap."""
-    log_table(loggers, "allocation/table", ALLOCATION_COLUMNS, allocation_rows(allocation), step)
-    if heatmap is not None:
-        log_image(loggers, "allocation/heatmap", heatmap, step)

@@ -1,14 +1,29 @@
-"""Pictures of an allocation: a layer x module heatmap of expert counts and mean ranks.
+"""How an allocation is shown, the same way by both stages.
 
-(Sending it to the loggers: :func:`guilomo.utils.loggers.log_allocation`.)"""
+- :func:`short_name`: ``model.layers.3.self_attn.q_proj`` -> ``L3.q_proj`` (metric keys);
+- :func:`save_heatmap`: a layer x module heatmap of expert counts and mean ranks (PNG);
+- :func:`allocation_rows` / :func:`allocation_scalars`: the per-module table and the
+  totals every logger gets; :func:`log_allocation` sends the table and the heatmap.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch.loggers import Logger
 
 from guilomo.allocation import Allocation, layer_of
+from guilomo.utils.io import atomic_write
+from guilomo.utils.loggers import log_image, log_table
+
+ALLOCATION_COLUMNS = ["module", "layer", "kind", "experts", "ranks", "total_rank"]
+
+
+def short_name(name: str) -> str:
+    """``model.layers.3.self_attn.q_proj`` -> ``L3.q_proj``."""
+    return f"L{layer_of(name)}.{name.split('.')[-1]}"
 
 
 def allocation_grid(allocation: Allocation) -> tuple[list[int], list[str], np.ndarray, np.ndarray]:
@@ -30,12 +45,11 @@ def allocation_grid(allocation: Allocation) -> tuple[list[int], list[str], np.nd
 
 def save_heatmap(allocation: Allocation, path: str | Path, title: str | None = None) -> Path:
     """Write a two-panel PNG (experts, mean rank per expert) to ``path``; returns it."""
+    # lazy: matplotlib is slow to import and only drawing needs it (its backend set first)
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from guilomo.utils.io import atomic_write
 
     layers, kinds, experts, ranks = allocation_grid(allocation)
     height = max(3.0, 0.28 * len(layers) + 1.6)
@@ -61,3 +75,35 @@ def save_heatmap(allocation: Allocation, path: str | Path, title: str | None = N
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
+
+
+def allocation_rows(allocation: Allocation) -> list[list]:
+    """One row per module: ``module, layer, kind, experts, ranks ("8 8 4"), total_rank``."""
+    return [
+        [
+            name,
+            layer_of(name),
+            name.split(".")[-1],
+            m.experts,
+            " ".join(map(str, m.ranks)),
+            m.total_rank,
+        ]  # fmt: skip
+        for name, m in allocation.modules.items()
+    ]
+
+
+def allocation_scalars(allocation: Allocation) -> dict[str, float]:
+    return {
+        "alloc/modules": len(allocation.modules),
+        "alloc/experts_total": allocation.total_experts,
+        "alloc/rank_total": allocation.total_rank,
+    }
+
+
+def log_allocation(
+    loggers: Iterable[Logger], allocation: Allocation, heatmap: str | Path | None, step: int
+) -> None:
+    """The allocation as a table (module, layer, kind, experts, ranks) and its heatmap."""
+    log_table(loggers, "allocation/table", ALLOCATION_COLUMNS, allocation_rows(allocation), step)
+    if heatmap is not None:
+        log_image(loggers, "allocation/heatmap", heatmap, step)

@@ -1,9 +1,9 @@
-"""The allocation heatmap: grid, PNG file."""
+"""How an allocation is shown: the heatmap grid and PNG."""
 
 import numpy as np
 
 from guilomo.allocation import Allocation, ModuleAllocation
-from guilomo.search.heatmap import allocation_grid, save_heatmap
+from guilomo.allocation_view import allocation_grid, save_heatmap
 
 
 def alloc():
