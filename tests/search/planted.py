@@ -157,5 +157,12 @@ def search(
             n: ModuleCredits(mean[2 * i], mean[2 * i + 1], dev[2 * i], dev[2 * i + 1])
             for i, n in enumerate(layers)
         }
-        final, _ = fill_budget(final, credits, budget, shapes, parsimony=s.parsimony)
+        final, _ = fill_budget(
+            final,
+            credits,
+            budget,
+            shapes,
+            parsimony=s.parsimony,
+            needed_only=s.budget_fill == "needed",
+        )
     return read, final

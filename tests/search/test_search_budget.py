@@ -9,8 +9,9 @@ probe). What the modules need is planted (tests/search/planted.py):
   rank 1, and three graded needs (6, 3, 1) end in that order;
 - experts: a module whose inputs come in 4 clusters with their own maps ends with more
   experts than one with a single shared map;
-- nothing to learn anywhere: every module ends at the minimum (2 experts of rank 1),
-  however much budget is left;
+- nothing to learn anywhere: the search leaves every module at the minimum (2 experts of
+  rank 1), however much budget is left; with ``budget_fill=needed`` so does the final
+  allocation, with the default ``spend`` the fill then spends the rest (within one unit);
 - the post-hoc path (search unconstrained, cut afterwards) still fits the budget.
 
 Each runs in a second or two on one thread; every seed listed must pass (seeds 1-4 are
@@ -25,6 +26,8 @@ from guilomo.search.config import SearchSettings
 
 # seed 0 in the fast suite, every seed in the slow one (make test-slow, run by CI)
 SEEDS = (0, *(pytest.param(s, marks=pytest.mark.slow) for s in (1, 2, 3, 4)))
+# the final allocation keeps only what the search values (the default fill spends the rest)
+NEEDED = SearchSettings(start="uniform", budget_fill="needed")
 
 
 def total_rank(alloc, name):
@@ -34,32 +37,40 @@ def total_rank(alloc, name):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_rank_goes_to_the_module_that_needs_it(seed):
     budget = Budget("rank", 12)
-    read, final = search(["rank:6", "rank:1"], seed, budget)
+    read, spent = search(["rank:6", "rank:1"], seed, budget)
+    assert total_rank(read, "m0") > total_rank(read, "m1"), read.summary()  # the search itself
+    assert 12 - 1 <= budget.measure(spent, {}) <= 12  # the default fill spends it all
+    _, final = search(["rank:6", "rank:1"], seed, budget, settings=NEEDED)
     assert budget.measure(final, {}) <= 12
     assert total_rank(final, "m0") > total_rank(final, "m1"), final.summary()
-    assert total_rank(read, "m0") > total_rank(read, "m1")  # the search itself, not the fill
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_graded_rank_needs_are_ranked_in_order(seed):
     budget = Budget("rank", 18)
-    _, final = search(["rank:6", "rank:3", "rank:1"], seed, budget)
-    ranks = [total_rank(final, f"m{i}") for i in range(3)]
-    assert ranks[0] > ranks[1] > ranks[2], ranks
+    read, final = search(["rank:6", "rank:3", "rank:1"], seed, budget, settings=NEEDED)
+    for alloc in (read, final):
+        ranks = [total_rank(alloc, f"m{i}") for i in range(3)]
+        assert ranks[0] > ranks[1] > ranks[2], ranks
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_experts_go_to_the_module_that_needs_them(seed):
     budget = Budget("experts", 6)
-    read, final = search(["experts:4", "rank:2"], seed, budget)
+    read, final = search(["experts:4", "rank:2"], seed, budget, settings=NEEDED)
+    for alloc in (read, final):
+        assert alloc.modules["m0"].experts > alloc.modules["m1"].experts, alloc.summary()
     assert budget.measure(final, {}) <= 6
-    assert final.modules["m0"].experts > final.modules["m1"].experts, final.summary()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_nothing_to_learn_leaves_the_minimum(seed):
     budget = Budget("rank", 40)  # room for 20 rank units more than the minimum
-    _, final = search(["noise", "noise"], seed, budget, start=(4, 4))
+    read, spent = search(["noise", "noise"], seed, budget, start=(4, 4))
+    for m in read.modules.values():
+        assert m.ranks == (1, 1), read.summary()
+    assert budget.measure(spent, {}) == 40  # the default fill spends the budget
+    _, final = search(["noise", "noise"], seed, budget, start=(4, 4), settings=NEEDED)
     for m in final.modules.values():
         assert m.ranks == (1, 1), final.summary()
 

@@ -151,6 +151,13 @@ def test_fill_adds_helpful_units_best_value_per_cost_first_and_never_over():
     # a budget with room for everything still adds only what helps
     big, _ = fill_budget(alloc, {"a": ca, "b": cb}, Budget("rank", 100), shapes, n_max=4, r_max=4)
     assert big.modules["a"].ranks == (4, 4) and big.modules["b"].ranks == (1, 1, 1, 1)
+    # spend mode: every unit that fits goes in, the least harmful last, never over
+    spend = Budget("rank", 4 + 13)
+    full, _ = fill_budget(
+        alloc, {"a": ca, "b": cb}, spend, shapes, n_max=4, r_max=4, needed_only=False
+    )
+    assert spend.measure(full, shapes) == 17
+    assert full.modules["b"].ranks[0] == 1  # b's harmful rank rows come after everything else
 
 
 def test_warmup_prefixes_and_seed_free_start():

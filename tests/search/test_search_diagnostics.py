@@ -266,8 +266,12 @@ def test_search_run_writes_diagnostics_that_the_initial_gsvs_confirm(tmp_path, c
         "rank_flips", "last_expert_flip", "last_rank_flip", "tail_fraction", "tail_steps",
         "tail_expert_flips", "tail_rank_flips", "unchanged", "converged", "initial_readout",
         "history",
+        # the credit meter's report: per-module signal-to-noise and its summary
+        "credit_snr", "credit_steps", "credit/expert_snr", "credit/rank_snr",
+        "credit/expert_noise_share", "credit/rank_noise_share",
     }  # fmt: skip
-    assert set(diag) == expected_keys
+    assert set(diag) == expected_keys  # no budget: no budget_control entry
+    assert len(diag["credit_snr"]) == len(written.modules) and diag["credit_steps"] > 0
     steps = int(cfg.trainer.max_steps)
     assert diag["steps"] == steps == written.meta["steps"] and diag["start_step"] == 0
     assert diag["tail_steps"] == math.ceil(0.1 * steps)

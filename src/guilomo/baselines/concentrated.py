@@ -25,9 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from guilomo.allocation import Allocation, ModuleAllocation
+from guilomo.allocation import Allocation, ModuleAllocation, module_shapes
 from guilomo.budget import Budget, BudgetError
-from guilomo.moe.inject import module_shapes
 
 
 def kind_of(name: str) -> str:

@@ -39,9 +39,8 @@ from peft import AdaLoraConfig, get_peft_model
 from peft.tuners.adalora import SVDLinear
 from torch import Tensor, nn
 
-from guilomo.allocation import Allocation, AllocationError, uniform
+from guilomo.allocation import Allocation, AllocationError, module_shapes, uniform
 from guilomo.budget import Budget, BudgetError
-from guilomo.moe.inject import module_shapes
 
 SOURCE = "baseline:adalora"
 KEY = "adalora"  # the settings in allocation.meta

@@ -235,12 +235,16 @@ def fill_budget(
     n_max: int | None = None,
     r_max: int | None = None,
     parsimony: float | tuple[float, float] = 0.0,
+    needed_only: bool = True,
 ) -> tuple[Allocation, FitReport]:
-    """Spend what ``allocation`` leaves of ``budget`` on units predicted to lower the loss.
+    """Spend what ``allocation`` leaves of ``budget``, best predicted value per cost first.
 
-    Greedy, best predicted loss decrease per unit of cost first; a unit is added only if
-    it fits and its smoothed credit predicts a decrease by more than ``parsimony`` times
-    its deviation: ``c[j-1] - c[j] - z u[j] > 0`` (the search's own pessimistic rule). An
+    The value of a unit is its smoothed predicted loss decrease less ``parsimony`` times
+    its deviation, ``c[j-1] - c[j] - z u[j]`` (the search's own pessimistic rule). With
+    ``needed_only`` a unit is added only if that value is positive (modules that need
+    nothing stay where the search left them, however large the budget); without it the
+    budget is spent until no unit fits (within one unit's cost), the least harmful
+    units last (``search.budget_fill=spend``). An
     **expert unit** appends the next expert of a module (of every module of a group), at
     rank 1; a **rank unit** adds the next rank row of a kept expert. Modules that need
     nothing therefore stay where the search left them, however large the budget.
@@ -270,7 +274,7 @@ def fill_budget(
                 continue
             v = value(credits[first].expert, credits[first].expert_dev, count, z_expert)
             c = sum(cost([*ranks[m], 1], shapes[m]) - cost(ranks[m], shapes[m]) for m in mods)
-            if v > 0 and 0 < c <= left and (best is None or v / c > best[0]):
+            if (v > 0 or not needed_only) and 0 < c <= left and (best is None or v / c > best[0]):
                 best = (v / c, c, ("expert", key))
         for name in names:
             for i, r in enumerate(ranks[name]):
@@ -281,7 +285,8 @@ def fill_budget(
                 v = value(credits[name].rank[i], None if dev is None else dev[i], r, z_rank)
                 grown = [*ranks[name][:i], r + 1, *ranks[name][i + 1 :]]
                 c = cost(grown, shapes[name]) - cost(ranks[name], shapes[name])
-                if v > 0 and 0 < c <= left and (best is None or v / c > best[0]):
+                ok = v > 0 or not needed_only
+                if ok and 0 < c <= left and (best is None or v / c > best[0]):
                     best = (v / c, c, ("rank", name, i))
         if best is None:
             break

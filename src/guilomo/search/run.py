@@ -187,10 +187,17 @@ def run_search(cfg: DictConfig) -> Path:
     if module.pricing is not None:  # the budget was in the search: spend what it left
         credits = collect_credits(module)
         allocation, filled = fill_budget(
-            allocation, credits, budget, shapes, groups, parsimony=settings.parsimony
+            allocation,
+            credits,
+            budget,
+            shapes,
+            groups,
+            parsimony=settings.parsimony,
+            needed_only=settings.budget_fill == "needed",
         )
         fit.update(
             mode="lagrangian",
+            fill=settings.budget_fill,
             added_expert_units=filled.expert_units,
             added_rank_units=filled.rank_units,
         )
