@@ -5,13 +5,13 @@
 # deliberately poor `concentrated` allocation. Resumable: a job whose metrics.json
 # exists is skipped, so re-running the script finishes what a session left.
 #
-#   scripts/powered.sh                       # vader_intensity x 5 seeds, chatterbot_topic x 3
+#   scripts/powered.sh                       # vader_intensity x 5 seeds, vader_polarity x 5
 #   CELLS="vader_intensity:1" scripts/powered.sh backbone.loader.num_layers=8   # one cell
 #   python -m guilomo.results --paired guilomo chains/powered/train
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
-CELLS=${CELLS:-"vader_intensity:1 vader_intensity:2 vader_intensity:3 chatterbot_topic:1 vader_intensity:4 vader_intensity:5 chatterbot_topic:2 chatterbot_topic:3"}
+CELLS=${CELLS:-"vader_polarity:1 vader_intensity:1 vader_intensity:2 vader_intensity:3 vader_intensity:4 vader_intensity:5 vader_polarity:2 vader_polarity:3 vader_polarity:4 vader_polarity:5"}
 METHODS=${METHODS:-"file random:1 random:2 random:3 uniform lora adalora concentrated"}
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline
 root=chains/powered
@@ -30,6 +30,9 @@ for cell in $CELLS; do
         [ -f "$dir/metrics.json" ] && continue
         extra=()
         [ -n "$draw" ] && extra+=("allocation.seed=$draw")
+        # uniform: 2 experts (top-2) everywhere, ranks scaled to the budget (8 experts even at
+        # rank 1 cost more than the searched allocations here)
+        [ "$alloc" = uniform ] && extra+=("allocation.experts=2")
         "$PYTHON" train.py experiment=powered_train "task=$task" "seed=$seed" \
             "allocation=$alloc" "${extra[@]}" "hydra.run.dir=$dir" "$@" \
             || echo "train $name $task seed $seed failed" >&2
