@@ -3,7 +3,9 @@
 ``run_train(cfg)`` loads the backbone and task, gets the allocation (a file written
 by ``search.py`` or a baseline generated for this backbone, optionally scaled to the
 budget), scores the untouched backbone (zero-shot), trains, scores again, and writes
-``metrics.json``, the adapter folder and Lightning checkpoints into the run dir.
+``metrics.json``, the adapter folder (with its base weights' record, the tokenizer, the
+task's prompt template and a model card holding the test metrics) and Lightning
+checkpoints into the run dir.
 Every configured logger gets the resolved config, the allocation (table and heatmap),
 the zero-shot and fine-tuned test metrics (``test/<stage>/<metric>``), the final
 validation loss, trainable parameters, budget and the router usage per module
@@ -16,7 +18,7 @@ import json
 import logging
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from guilomo.allocation import Allocation
 from guilomo.budget import Budget
@@ -25,6 +27,8 @@ from guilomo.finetune.module import FinetuneModule
 from guilomo.finetune.usage import COLUMNS as USAGE_COLUMNS
 from guilomo.finetune.usage import RouterUsage
 from guilomo.moe import inject_adapter, module_shapes, save_adapter, trainable_parameters
+from guilomo.moe.io import save_model_card
+from guilomo.moe.provenance import backbone_record
 from guilomo.pipeline import (
     build_allocation,
     build_backbone,
@@ -74,6 +78,18 @@ def resolve_allocation(
     if "path" not in cfg.allocation:
         alloc.meta.update(run)
     return alloc
+
+
+def task_record(cfg: DictConfig, dm) -> dict:
+    """The task an adapter was trained on, as ``guilomo.generate`` needs it: its id, the
+    prompt template, and the instruction every training example shares (``None`` when
+    they differ: the prompt is then the instruction itself)."""
+    instructions = {e.instruction for e in dm.train_examples}
+    return {
+        "id": cfg.task.id,
+        "template": cfg.task.datamodule.template,
+        "instruction": instructions.pop() if len(instructions) == 1 else None,
+    }
 
 
 def budget_record(budget: Budget, alloc: Allocation, shapes: dict) -> dict:
@@ -177,8 +193,17 @@ def run_train(cfg: DictConfig) -> dict:
     with keep_finished_work(last_checkpoint(trainer)) as kept:
         # every process holds the same adapter; one writes it
         if cfg.save_adapter and trainer.is_global_zero:
+            loader = OmegaConf.to_container(cfg.backbone.loader, resolve=True)
             kept.append(
-                save_adapter(model, out / "adapter", alloc, lora_cfg, base_model=cfg.backbone.id)
+                save_adapter(
+                    model,
+                    out / "adapter",
+                    alloc,
+                    lora_cfg,
+                    backbone=backbone_record(loader, cfg.backbone.id, model),
+                    tokenizer=tokenizer,
+                    task=task_record(cfg, dm),
+                )
             )
         model.eval()
         # each process scores its shard of the test set; the metrics are gathered
@@ -214,6 +239,8 @@ def run_train(cfg: DictConfig) -> dict:
             return result
         path = atomic_write_text(out / "metrics.json", json.dumps(result, indent=1) + "\n")
         kept.append(path)
+        if cfg.save_adapter:  # the model card gets the test metrics
+            save_model_card(out / "adapter", metrics["finetuned"])
         log_final(trainer.loggers, params, result["scalars"], step=trainer.global_step)
         if usage.shares:
             log_table(
