@@ -30,6 +30,7 @@ from guilomo.moe import LoraMoEConfig, adapter_modules, inject_adapter, load_ada
 from guilomo.moe.collapse import collapse, constant_gates
 from guilomo.moe.io import CONFIG_FILE, PEFT_TYPE, WEIGHTS_FILE, save_model_card
 from guilomo.moe.provenance import OVERRIDE, BaseMismatchError, backbone_record
+from guilomo.push import main as push_main
 
 TINY = {"name": "tiny-llama", "source": "tiny", "tiny": {"seed": 0}}
 TASK = {"id": "chatterbot_topic", "template": "alpaca", "instruction": "Which topic is it?"}
@@ -449,6 +450,7 @@ def test_push_to_hub_uploads_the_checked_folder(mixed_dir, tmp_path):
         {"private": True, "exist_ok": True, "repo_type": "model"},
     )
     assert api.calls[1][1]["allow_patterns"] == files and api.calls[1][1]["repo_id"] == "me/demo"
+    assert push_main([f"folder={folder}", "dry_run=true"]) == files  # lists, uploads nothing
     (folder / "README.md").unlink()
     with pytest.raises(ValueError, match="no README.md"):
         upload_files(folder)

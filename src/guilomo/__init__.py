@@ -6,7 +6,7 @@ Public API::
     model, tokenizer = guilomo.from_pretrained("<run>/adapter")   # ready for model.generate
 
 Commands for a trained adapter: ``python -m guilomo.generate``, ``python -m
-guilomo.export_peft``, ``python -m guilomo.merge``, ``python -m guilomo.hub`` (push).
+guilomo.export_peft``, ``python -m guilomo.merge``, ``python -m guilomo.push``.
 """
 
 from guilomo.allocation import Allocation, AllocationError, ModuleAllocation

@@ -41,7 +41,7 @@ from guilomo.moe.inject import adapter_modules
 from guilomo.moe.io import WEIGHTS_FILE, read_adapter_config
 from guilomo.moe.layer import expert_scales
 from guilomo.pretrained import from_pretrained
-from guilomo.utils.cli import parse_args
+from guilomo.utils.cli import parse_args, run
 from guilomo.utils.io import atomic_write, atomic_write_text
 
 PREFIX = "base_model.model."
@@ -166,4 +166,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

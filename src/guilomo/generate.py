@@ -27,7 +27,7 @@ from guilomo.eval.generate import generate
 from guilomo.hub import resolve_folder
 from guilomo.moe.io import read_adapter_config
 from guilomo.pretrained import from_pretrained
-from guilomo.utils.cli import parse_args
+from guilomo.utils.cli import parse_args, run
 from guilomo.utils.progress import eval_progress
 
 MODES = ("auto", "none", "chat", *TEMPLATES)
@@ -121,4 +121,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -15,14 +15,12 @@ uploads nothing.)
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from huggingface_hub import HfApi, snapshot_download
 
 from guilomo.moe.card import CARD_FILE
 from guilomo.moe.io import CONFIG_FILE, WEIGHTS_FILE, read_adapter_config
-from guilomo.utils.cli import parse_args
 
 SKIP_SUFFIXES = (".tmp", ".ckpt", ".lock", ".pt")
 
@@ -97,23 +95,3 @@ def resolve_folder(
             "allow_network=True"
         )
     return Path(snapshot_download(repo_id=str(path_or_id), revision=revision))
-
-
-USAGE = (
-    "usage: python -m guilomo.hub folder=<dir> repo_id=<user>/<name> [private=true] [dry_run=true]"
-)
-DEFAULTS = {"folder": None, "repo_id": None, "private": False, "dry_run": False}
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
-    if not args["folder"] or (not args["repo_id"] and not args["dry_run"]):
-        raise SystemExit(f"{USAGE}\nerror: folder= and repo_id= are required")
-    files = upload_files(args["folder"])
-    print(f"{len(files)} files from {args['folder']}: {', '.join(files)}")
-    if not args["dry_run"]:
-        print(push_to_hub(args["folder"], args["repo_id"], private=args["private"]))
-
-
-if __name__ == "__main__":
-    main()

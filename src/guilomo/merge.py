@@ -40,7 +40,7 @@ from guilomo.moe.inject import adapter_modules
 from guilomo.moe.io import read_adapter_config, save_adapter
 from guilomo.moe.provenance import describe
 from guilomo.pretrained import from_pretrained
-from guilomo.utils.cli import parse_args
+from guilomo.utils.cli import parse_args, run
 from guilomo.utils.io import atomic_write_text
 
 USAGE = (
@@ -220,4 +220,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

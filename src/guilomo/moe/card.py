@@ -77,8 +77,8 @@ load it; `guilomo.from_pretrained` can.
 
 - Allocation: {alloc.method}, {alloc.summary()}; {single} of {len(alloc.modules)} modules have one
   expert (exportable as a peft LoRA and mergeable exactly).
-- Scaling: alpha {lora.get("alpha")}, `{lora.get("scaling")}` (expert i is scaled by alpha / r_i
-  with `per_expert`).
+- Scaling: alpha {lora.get("alpha")}, `{lora.get("scaling")}` (`per_expert`: expert i is scaled
+  by alpha / r_i; `last_expert`: every expert by alpha / r_last, the reference code's rule).
 - Base weights: {describe(meta.get("backbone") or {})}; checksum
   `{(meta.get("backbone") or {}).get("checksum")}`.
 - Task: {task.get("id") or "not recorded"}{f" (prompt template `{task['template']}`)" if task.get("template") else ""}.
@@ -99,6 +99,7 @@ print(tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=T
 python -m guilomo.generate adapter=<this folder> prompt="What is AI?"
 python -m guilomo.export_peft adapter=<this folder> out=<peft folder>   # one-expert modules
 python -m guilomo.merge adapter=<this folder> out=<model folder>
+python -m guilomo.push folder=<this folder> repo_id=<user>/<name>
 ```
 
 ## Experts per layer

@@ -4,12 +4,13 @@ Hydra-like syntax without Hydra's run folders: every argument is ``key=value``; 
 value is converted to the type of the key's default (``int``, ``float``, ``bool``:
 true/false/1/0/yes/no; ``null``/``none`` for a key whose default is ``None``
 becomes ``None``, any other text stays text, so a prompt like ``prompt=Question: yes``
-is kept as typed). Unknown keys and malformed arguments stop with the usage text.
+is kept as typed). Unknown keys and malformed arguments stop with the usage text;
+:func:`run` turns the commands' input errors into one-line messages (no traceback).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -42,3 +43,11 @@ def _convert(key: str, value: str, default, usage: str):
                 f"{usage}\nerror: {key}={value!r}: expected a {type(default).__name__}"
             ) from None
     return value
+
+
+def run(main: Callable[[], object]) -> None:
+    """Call a command's ``main``; a bad input (file, folder, value) exits with its message."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:  # AllocationError is a ValueError
+        raise SystemExit(f"error: {e}") from None
