@@ -2,13 +2,16 @@
 
     python scripts/search_study.py DIR [--budget-rank N]
 
-DIR holds ``<variant>/<task>/<seed>/`` search runs (``allocation.json`` and
-``checkpoints/last.ckpt``), as ``scripts/search_study.sh`` writes them. For each run:
-how far the read-out moved from the seeded initial read-out (``meta.diagnostics``);
-for each pair of runs with the same task (different seeds) or the same seed
-(different tasks): the share of modules with the same expert count and of experts with
-the same rank, beside what two independent allocations with the same value frequencies
-would share by chance, and what the two seeded *initial* read-outs share. With
+DIR holds search runs (``allocation.json`` and ``checkpoints/last.ckpt``) anywhere below
+it; the first folder under DIR names the variant (``scripts/search_study.sh`` writes
+``<variant>/<task>/<seed>/``, ``scripts/seeds_vs_tasks.sh`` ``<variant>/<task>/d<data>_i<init>/``).
+Task, data seed and init seed are read from each run's ``meta`` (a run from the
+seed-free ``search.start=uniform`` has no init seed). For each run: how far the
+allocation moved from the initial read-out (``meta.diagnostics``); for each pair of runs
+of one variant that differ in exactly one of task, data seed and init seed: the share of
+modules with the same expert count and of experts with the same rank, beside what two
+independent allocations with the same value frequencies would share by chance, and what
+the two *initial* read-outs share. With
 ``--budget-rank N`` the searched GSVs (from the checkpoint) and the initial GSVs are
 both fitted to a total-rank budget of N by the search's own budget fitting, and
 compared the same way.
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from guilomo.allocation_view import short_name
 from guilomo.budget import Budget
 from guilomo.search.layer import expert_groups, inject_search_adapter
 from guilomo.search.readout import ModuleGSVs, collect_gsvs, fit_budget, read_allocation
@@ -103,30 +107,60 @@ def mean_sd(xs: list[float]) -> str:
     )
 
 
+def run_key(path: Path, root: Path, meta: dict) -> tuple[str, str, int, int | None]:
+    """(variant, task, data seed, init seed or None for the seed-free uniform start)."""
+    rel = path.relative_to(root).parts
+    variant = rel[0] if len(rel) > 2 else "-"
+    search = meta.get("search", {})
+    init = None if search.get("start") == "uniform" else meta.get("init_seed", meta["seed"])
+    return variant, str(meta["task"]), int(meta["seed"]), None if init is None else int(init)
+
+
+def initial_readout(meta: dict, names: list[str], seed: int) -> tuple[Ranks, dict | None]:
+    """The initial read-out the run logged (older runs: recomputed from the seeded init)."""
+    logged = meta.get("diagnostics", {}).get("initial_readout")
+    if logged:
+        return {n: tuple(v) for n, v in logged.items()}, None
+    init_g = initial_gsvs(names, seed, meta["n_max"], meta["r_max"])
+    return ranks_of(read_allocation(init_g)), init_g
+
+
+# which pairs of runs each row compares: what differs, what is held
+PAIRS = {
+    "data seed only": lambda a, b: a[1] == b[1] and a[2] != b[2] and a[3] == b[3],
+    "init seed only": lambda a, b: a[1] == b[1] and a[2] == b[2] and a[3] != b[3],
+    "task only": lambda a, b: a[1] != b[1] and a[2] == b[2] and a[3] == b[3],
+}
+
+
 def study(root: Path, budget_rank: int | None) -> None:
     runs = {}
-    for path in sorted(root.glob("*/*/*/allocation.json")):
-        variant, task, seed = path.parts[-4:-1]
+    for path in sorted(root.rglob("allocation.json")):
         data = json.loads(path.read_text())
         meta = data["meta"]
+        if meta.get("method") != "guilomo":
+            continue
+        key = run_key(path.parent, root, meta)
         final = {n: tuple(m["ranks"]) for n, m in data["modules"].items()}
-        init_g = initial_gsvs(list(final), int(seed), meta["n_max"], meta["r_max"])
-        runs[(variant, task, seed)] = dict(
+        init, init_g = initial_readout(meta, list(final), key[3] if key[3] is not None else key[2])
+        runs[key] = dict(
             final=final,
-            init=ranks_of(read_allocation(init_g)),
+            init=init,
             meta=meta,
             init_g=init_g,
             ckpt=path.parent / "checkpoints" / "last.ckpt",
         )
     print(
-        "| variant | task | seed | steps | experts init -> final | total rank init -> final "
-        "| modules with a new expert count | kept experts with a new rank | converged |"
+        "| variant | task | data seed | init seed | steps | experts init -> final "
+        "| total rank init -> final | modules with a new expert count "
+        "| kept experts with a new rank | converged |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for (variant, task, seed), r in runs.items():
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (variant, task, seed, init_seed), r in runs.items():
         d = r["meta"].get("diagnostics", {})
         print(
-            f"| {variant} | {task} | {seed} | {r['meta']['steps']} "
+            f"| {variant} | {task} | {seed} | {'-' if init_seed is None else init_seed} "
+            f"| {r['meta']['steps']} "
             f"| {d['initial']['experts']} -> {d['final']['experts']} "
             f"| {d['initial']['total_rank']} -> {d['final']['total_rank']} "
             f"| {pct(d['experts_changed'])} | {pct(d['ranks_changed'])} "
@@ -135,6 +169,8 @@ def study(root: Path, budget_rank: int | None) -> None:
     tables = [("read-out, no budget", "final", "init")]
     if budget_rank:
         for r in runs.values():
+            if r["init_g"] is None:
+                raise SystemExit("--budget-rank needs runs from before the logged initial read-out")
             r["fit"] = fitted(checkpoint_gsvs(r["ckpt"]), budget_rank)
             r["fit_init"] = fitted(r["init_g"], budget_rank)
         tables.append((f"fitted to a total rank of {budget_rank}", "fit", "fit_init"))
@@ -149,13 +185,10 @@ def study(root: Path, budget_rank: int | None) -> None:
         print("|---|---|---|---|---|---|---|")
         for variant in sorted({k[0] for k in runs}):
             keys = [k for k in runs if k[0] == variant]
-            for kind in ("same task, two seeds", "same seed, two tasks"):
+            for kind, differs_in in PAIRS.items():
                 rows = []
                 for k1, k2 in itertools.combinations(keys, 2):
-                    same_task, same_seed = k1[1] == k2[1], k1[2] == k2[2]
-                    if (kind.startswith("same task") and same_task) or (
-                        kind.startswith("same seed") and same_seed
-                    ):
+                    if differs_in(k1, k2):
                         a, b = runs[k1][key], runs[k2][key]
                         rows.append(
                             (
@@ -176,8 +209,7 @@ def study(root: Path, budget_rank: int | None) -> None:
         for k, r in runs.items():
             if k[0] == variant:
                 for name, ranks in r["final"].items():
-                    parts = name.split(".")
-                    acc.setdefault(f"L{parts[2]}.{parts[-1]}", []).append(
+                    acc.setdefault(short_name(name), []).append(
                         (len(ranks), sum(ranks) / len(ranks))
                     )
         cells = ", ".join(

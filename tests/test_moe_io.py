@@ -12,8 +12,9 @@ from safetensors.torch import load_file, save_file
 
 from guilomo.allocation import Allocation, AllocationError, ModuleAllocation
 from guilomo.moe import LoraMoEConfig, adapter_modules, inject_adapter, load_adapter, save_adapter
+from guilomo.moe.card import CARD_FILE
 from guilomo.moe.inject import CONTEXT_ATTR
-from guilomo.moe.io import CONFIG_FILE, FORMAT, WEIGHTS_FILE
+from guilomo.moe.io import CONFIG_FILE, FORMAT, PEFT_TYPE, WEIGHTS_FILE
 
 
 def adapted(seed=0, config=None, model=None, alloc_seed=1):
@@ -63,9 +64,11 @@ def test_round_trip_is_exact(tmp_path):
 
 def test_files_on_disk(tmp_path):
     model, alloc, config, path = saved(tmp_path)
-    assert sorted(p.name for p in path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]  # no temp files
+    files = sorted(p.name for p in path.iterdir())
+    assert files == [CARD_FILE, CONFIG_FILE, WEIGHTS_FILE]  # no temp files
     meta = json.loads((path / CONFIG_FILE).read_text())
     assert meta["format"] == FORMAT and meta["base_model"] == "tiny"
+    assert meta["peft_type"] == PEFT_TYPE != "LORA"
     assert meta["lora"] == config.to_dict() and meta["allocation"] == alloc.to_dict()
     tensors = load_file(str(path / WEIGHTS_FILE))
     expected = {}
@@ -104,7 +107,7 @@ def test_save_overwrites_atomically(tmp_path):
     fresh = load_adapter(tiny_llama(), path)
     ids = input_ids()
     assert torch.equal(logits(fresh, ids), logits(model, ids))
-    assert sorted(p.name for p in path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert sorted(p.name for p in path.iterdir()) == [CARD_FILE, CONFIG_FILE, WEIGHTS_FILE]
 
 
 @pytest.fixture(scope="module")

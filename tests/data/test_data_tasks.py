@@ -21,8 +21,11 @@ HUB = {  # task: (fixture, rows kept)
 }
 
 
+VADER = ("vader_intensity", "vader_polarity")
+
+
 def test_registry_has_every_task():
-    assert set(TASKS) == {"chatterbot_topic", "chatterbot_qa", "bigbench", *HUB}
+    assert set(TASKS) == {"chatterbot_topic", "chatterbot_qa", "bigbench", *HUB, *VADER}
     assert TASKS["glue_cola"].metrics == ("accuracy", "mcc")
     assert TASKS["glue_mrpc"].metrics == ("accuracy", "f1")
     assert TASKS["gsm8k"].metrics == ("accuracy",) and not TASKS["gsm8k"].multiple_choice
@@ -158,6 +161,46 @@ def test_chatterbot_missing_data_dir(tmp_path):
 def test_single_pool_sources_have_no_test_split():
     with pytest.raises(ValueError, match="set test_split/val_split to null"):
         load_task("chatterbot_qa", "test")
+
+
+def test_vader_classes_on_a_fixture_lexicon():
+    # tests/fixtures/vader_lexicon.txt: six made-up rows in the lexicon's format
+    # (token, mean, std, ratings); classes by hand from the thresholds -2, 0, 2
+    intensity = load_task("vader_intensity", data_dir=str(FIXTURES))
+    assert [(e.input, e.output) for e in intensity] == [
+        ("zesty", "very positive"),  # 2.5 >= 2
+        ("meh", "negative"),  # -2 < -0.4 < 0
+        ("dreadful", "very negative"),  # -3.2 <= -2
+        ("fine", "positive"),  # 0 is not negative
+        (":-/", "very negative"),  # -2 is <= -2
+        ("okayish", "positive"),  # 1.9 < 2
+    ]
+    ex = intensity[0]
+    assert ex.options == ("very negative", "negative", "positive", "very positive")
+    assert ex.options[ex.label] == ex.answer == ex.output
+    assert "Answer with one of: very negative, negative, positive, very positive." in ex.instruction
+    polarity = load_task("vader_polarity", data_dir=str(FIXTURES))
+    assert [e.output for e in polarity] == [
+        "positive",
+        "negative",
+        "negative",
+        "positive",  # a mean of exactly 0 counts as positive
+        "negative",
+        "positive",
+    ]
+    # min_agreement keeps tokens whose raters' std is at most the value
+    agreed = load_task("vader_polarity", data_dir=str(FIXTURES), min_agreement=0.5)
+    assert [e.input for e in agreed] == ["zesty", "dreadful", ":-/", "okayish"]
+
+
+def test_vader_errors_say_what_to_fix(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_task("vader_intensity", data_dir=str(tmp_path))
+    (tmp_path / "vader_lexicon.txt").write_text("good 1.5\n")  # no tabs
+    with pytest.raises(ValueError, match="vader_lexicon.txt:1: expected 'token<TAB>mean<TAB>std"):
+        load_task("vader_polarity", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="set test_split/val_split to null"):
+        load_task("vader_intensity", "test", data_dir=str(FIXTURES))
 
 
 def test_errors_say_what_to_fix(tmp_path):

@@ -11,6 +11,7 @@ from guilomo.allocation import Allocation, AllocationError
 from guilomo.backbone import load_backbone
 from guilomo.finetune.run import run_train
 from guilomo.moe import load_adapter
+from guilomo.pretrained import from_pretrained
 
 FAST = [
     "backbone=tiny_llama",
@@ -57,6 +58,19 @@ def test_train_writes_metrics_adapter_allocation(tmp_path):
     with torch.no_grad():
         base = model(input_ids=x).logits
     assert not torch.allclose(base, logits[0])  # training changed the adapter
+
+    # the folder is self-describing: from_pretrained rebuilds the backbone it records and
+    # gives the same logits; the card holds the test metric, the config the task's prompt
+    model, tok = from_pretrained(tmp_path / "adapter")
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=x).logits, logits[0])
+    assert not model.training and tok.padding_side == "left"
+    meta = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert meta["backbone"]["loader"]["source"] == "tiny" and meta["backbone"]["id"] == "tiny_llama"
+    assert meta["task"]["id"] == "chatterbot_topic" and meta["task"]["template"] == "alpaca"
+    assert meta["task"]["instruction"].startswith("Which topic is this question about?")
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert f"accuracy {saved['metrics']['finetuned']['accuracy']:.4f}" in card
 
 
 class _Crash(L.Callback):

@@ -3,9 +3,12 @@
 ``run_train(cfg)`` loads the backbone and task, gets the allocation (a file written
 by ``search.py`` or a baseline generated for this backbone, optionally scaled to the
 budget), scores the untouched backbone (zero-shot), trains, scores again, and writes
-``metrics.json``, the adapter folder and Lightning checkpoints into the run dir.
+``metrics.json``, the adapter folder (with its base weights' record, the tokenizer, the
+task's prompt template and a model card holding the test metrics) and Lightning
+checkpoints into the run dir.
 ``allocation=adalora`` trains peft's AdaLoRA at the budget instead of a LoRA-MoE
-(:mod:`guilomo.finetune.adalora`; its counts go to ``metrics.json["adalora"]``).
+(:mod:`guilomo.finetune.adalora`; its counts go to ``metrics.json["adalora"]``; peft's
+own folder, no LoRA-MoE model card).
 Every configured logger gets the resolved config, the allocation (table and heatmap),
 the zero-shot and fine-tuned test metrics (``test/<stage>/<metric>``), the final
 validation loss, trainable parameters, budget and the router usage per module
@@ -18,7 +21,7 @@ import json
 import logging
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from guilomo.allocation import Allocation
 from guilomo.allocation_view import allocation_scalars, log_allocation, save_heatmap
@@ -30,6 +33,8 @@ from guilomo.finetune.module import FinetuneModule
 from guilomo.finetune.usage import COLUMNS as USAGE_COLUMNS
 from guilomo.finetune.usage import RouterUsage
 from guilomo.moe import inject_adapter, module_shapes, save_adapter, trainable_parameters
+from guilomo.moe.io import save_model_card
+from guilomo.moe.provenance import backbone_record
 from guilomo.pipeline import (
     build_backbone,
     build_budget,
@@ -46,6 +51,18 @@ from guilomo.utils.task import task_wrapper
 
 log = logging.getLogger(__name__)
 HEATMAP_FILE = "allocation_heatmap.png"
+
+
+def task_record(cfg: DictConfig, dm) -> dict:
+    """The task an adapter was trained on, as ``guilomo.generate`` needs it: its id, the
+    prompt template, and the instruction every training example shares (``None`` when
+    they differ: the prompt is then the instruction itself)."""
+    instructions = {e.instruction for e in dm.train_examples}
+    return {
+        "id": cfg.task.id,
+        "template": cfg.task.datamodule.template,
+        "instruction": instructions.pop() if len(instructions) == 1 else None,
+    }
 
 
 def search_record(alloc: Allocation, path: str | None) -> dict | None:
@@ -148,8 +165,17 @@ def run_train(cfg: DictConfig) -> dict:
     with keep_finished_work(last_checkpoint(trainer)) as kept:
         # every process holds the same adapter; one writes it
         if cfg.save_adapter and trainer.is_global_zero:
+            loader = OmegaConf.to_container(cfg.backbone.loader, resolve=True)
             kept.append(
-                save_adapter(model, out / "adapter", alloc, lora_cfg, base_model=cfg.backbone.id)
+                save_adapter(
+                    model,
+                    out / "adapter",
+                    alloc,
+                    lora_cfg,
+                    backbone=backbone_record(loader, cfg.backbone.id, model),
+                    tokenizer=tokenizer,
+                    task=task_record(cfg, dm),
+                )
                 if adalora is None
                 else adalora.save(out / "adapter")
             )
@@ -188,6 +214,8 @@ def run_train(cfg: DictConfig) -> dict:
             return result
         path = atomic_write_text(out / "metrics.json", json.dumps(result, indent=1) + "\n")
         kept.append(path)
+        if cfg.save_adapter and adalora is None:  # the model card gets the test metrics
+            save_model_card(out / "adapter", metrics["finetuned"])
         log_final(trainer.loggers, params, result["scalars"], step=trainer.global_step)
         if usage.shares:
             log_table(

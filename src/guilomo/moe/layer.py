@@ -29,6 +29,12 @@ from torch import Tensor, nn
 from guilomo.moe.config import LoraMoEConfig
 
 
+def expert_scales(config: LoraMoEConfig, ranks: Sequence[int]) -> list[float]:
+    """The scale of each expert: ``alpha / r_i`` (``per_expert``), or ``alpha / r_last``
+    for all of them (``last_expert``, the reference's bug)."""
+    return [config.alpha / (ranks[-1] if config.scaling == "last_expert" else r) for r in ranks]
+
+
 class RoutingContext:
     """State shared by the adapted layers of one model: the current token mask."""
 
@@ -96,9 +102,7 @@ class LoraMoELinear(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         expert_of_rank = torch.repeat_interleave(torch.arange(n), torch.tensor(ranks))
-        scale = [
-            config.alpha / (ranks[-1] if config.scaling == "last_expert" else r) for r in ranks
-        ]
+        scale = expert_scales(config, ranks)
         rank_scale = torch.repeat_interleave(
             torch.tensor(scale, dtype=torch.float32), torch.tensor(ranks)
         )
