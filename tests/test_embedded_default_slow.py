@@ -31,6 +31,11 @@ def test_search_then_finetune_beats_zero_shot(tmp_path):
     # the seven LLaMA linear modules of every adapted decoder layer
     assert alloc.meta["backbone"] == "smollm2_135m"
     assert len(alloc.modules) == 7 * len(search_cfg.layers)
+    # the demo's budget is inside the search: the allocation spends it, within one unit
+    # (one rank row of the widest module, 576 + 1536 parameters)
+    assert alloc.meta["budget_fit"]["mode"] == "lagrangian"
+    value = search_cfg.budget.value
+    assert value - (576 + 1536) <= alloc.meta["budget_spent"] <= value
     train_cfg = compose_cfg(
         "train",
         [

@@ -314,3 +314,34 @@ def test_search_run_writes_diagnostics_that_the_initial_gsvs_confirm(tmp_path, c
     ours = [str(w.message) for w in caught if issubclass(w.category, SearchWarning)]
     assert ours == report_warnings(diag)
     assert any(w.startswith("the search did not move") for w in ours) is unchanged
+
+
+def test_report_lines_say_what_the_credit_and_the_budget_did():
+    moved = state((3, [1, 2, 3, 4]), (3, [4, 4, 4, 4]), (4, [2, 2, 2, 2]))
+    tracker, _ = run([INIT] + [moved] * 9)  # moved early, then settled: no warning
+    report = {
+        **tracker.report(),
+        "credit/expert_snr": 0.5,
+        "credit/expert_noise_share": 0.75,
+        "credit/rank_snr": 2.0,
+        "credit/rank_noise_share": 0.25,
+        "budget_control": {"spent": 1234.0, "lam": 0.01},
+    }
+    fit = {
+        "mode": "lagrangian",
+        "fill": "spend",
+        "removed_expert_units": 1,
+        "removed_rank_units": 2,
+        "added_expert_units": 3,
+        "added_rank_units": 4,
+    }
+    lines = report_lines(report, {"kind": "params", "value": 2000, "spent": 1999, "fit": fit})
+    assert "experts 0.50 (75.0% of modules noise), ranks 2.00 (25.0% noise)" in lines[-3]
+    assert lines[-2] == (
+        "  budget params 2,000 inside the search: read-out spends 1,234 (price 0.01), trim "
+        "removed 1 expert / 2 rank units, fill (spend) added 3 / 4; the allocation spends 1,999"
+    )
+    assert lines[-1].endswith("converged: yes")
+    posthoc = report_lines(report, {"kind": "rank", "value": 9, "spent": 9, "fit": {}})
+    assert "rank 9 fitted after the search: removed 0 expert / 0 rank units" in posthoc[-2]
+    assert report_lines(tracker.report())[-1].endswith("converged: yes")  # no credit, no budget

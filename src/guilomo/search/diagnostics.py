@@ -353,8 +353,12 @@ def report_warnings(report: dict) -> list[str]:
     return out
 
 
-def report_lines(report: dict) -> list[str]:
-    """A short human report (printed at the end of the search), warnings last."""
+def report_lines(report: dict, budget: dict | None = None) -> list[str]:
+    """A short human report (printed at the end of the search), warnings last.
+
+    With the credit meter's keys in ``report`` (``credit/*``) a line says how much of the
+    credit was signal; ``budget`` (``{kind, value, spent, fit}``: the allocation's
+    ``meta``) adds what the budget did."""
     i, f = report["initial"], report["final"]
 
     def last(step):
@@ -372,6 +376,31 @@ def report_lines(report: dict) -> list[str]:
         f"({report['tail_steps']}): {report['tail_expert_flips']} expert, "
         f"{report['tail_rank_flips']} rank; last flip: experts "
         f"{last(report['last_expert_flip'])}, ranks {last(report['last_rank_flip'])}",
-        f"  converged: {'yes' if report['converged'] else 'no'}",
     ]
+    if "credit/expert_snr" in report:
+        lines.append(
+            f"  credit signal-to-noise (smoothed |credit| / its deviation, below 1: the sign is "
+            f"noise): experts {report['credit/expert_snr']:.2f} "
+            f"({_pct(report['credit/expert_noise_share'])} of modules noise), ranks "
+            f"{report['credit/rank_snr']:.2f} ({_pct(report['credit/rank_noise_share'])} noise)"
+        )
+    if budget is not None and budget.get("value") is not None:
+        fit = budget.get("fit") or {}
+        line = f"  budget {budget['kind']} {budget['value']:,}"
+        if fit.get("mode") == "lagrangian":
+            control = report.get("budget_control") or {}
+            line += (
+                f" inside the search: read-out spends {control.get('spent', 0):,.0f} "
+                f"(price {control.get('lam', 0):.3g}), trim removed "
+                f"{fit.get('removed_expert_units', 0)} expert / {fit.get('removed_rank_units', 0)} "
+                f"rank units, fill ({fit.get('fill')}) added {fit.get('added_expert_units', 0)} / "
+                f"{fit.get('added_rank_units', 0)}"
+            )
+        else:
+            line += (
+                f" fitted after the search: removed {fit.get('removed_expert_units', 0)} expert / "
+                f"{fit.get('removed_rank_units', 0)} rank units"
+            )
+        lines.append(line + f"; the allocation spends {budget['spent']:,}")
+    lines.append(f"  converged: {'yes' if report['converged'] else 'no'}")
     return lines + [f"  WARNING: {w}" for w in report_warnings(report)]

@@ -262,7 +262,12 @@ def run_search(cfg: DictConfig) -> Path:
             result["trainable_params"],
             "-" if val_loss is None else f"{val_loss:.4f}",
         )
-    print("\n".join(report_lines(diagnostics)))
+    spent_record = {
+        **budget.to_dict(),
+        "spent": allocation.meta["budget_spent"],
+        "fit": allocation.meta["budget_fit"],
+    }
+    print("\n".join(report_lines(diagnostics, spent_record if budget.active else None)))
     for warning in report_warnings(diagnostics):
         warnings.warn(warning, SearchWarning, stacklevel=2)
     print(f"allocation: {path}")
