@@ -30,9 +30,9 @@ from guilomo.search.layer import SearchLoraMoELinear, init_gsvs, set_prefixes
 from guilomo.search.readout import (
     ModuleCredits,
     collect_gsvs,
-    fill_budget,
     fit_budget,
     read_allocation,
+    spend_budget,
 )
 
 D, N_MAX, R_MAX = 16, 8, 8
@@ -157,12 +157,7 @@ def search(
             n: ModuleCredits(mean[2 * i], mean[2 * i + 1], dev[2 * i], dev[2 * i + 1])
             for i, n in enumerate(layers)
         }
-        final, _ = fill_budget(
-            final,
-            credits,
-            budget,
-            shapes,
-            parsimony=s.parsimony,
-            needed_only=s.budget_fill == "needed",
+        final, _ = spend_budget(
+            final, credits, budget, shapes, parsimony=s.parsimony, fill=s.budget_fill
         )
     return read, final

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from guilomo.allocation import Allocation, ModuleAllocation, uniform
+from guilomo.baselines.scale import scale_to_budget
 from guilomo.budget import Budget, BudgetError
 from guilomo.search.gsv import MIN_EXPERTS, selected_experts, selected_ranks
 from guilomo.search.layer import search_layers
@@ -312,3 +313,40 @@ def fill_budget(
     )
     budget.check(filled, shapes)
     return filled, report
+
+
+def spend_budget(
+    allocation: Allocation,
+    credits: Mapping[str, ModuleCredits],
+    budget: Budget,
+    shapes: Mapping[str, tuple[int, int]],
+    groups: Mapping[str, Sequence[str]] | None = None,
+    parsimony: float | tuple[float, float] = 0.0,
+    fill: str = "spend",
+) -> tuple[Allocation, dict]:
+    """After a budgeted search: add the units the credit says are needed, then (``fill=
+    "spend"``) grow the result in proportion to what the search gave each unit until the
+    budget is spent (:func:`guilomo.baselines.scale.scale_to_budget`, ranks for ``rank`` /
+    ``params`` budgets, experts for ``experts``; within one unit's cost). Scaling keeps
+    the search's order between modules; units the credit does not value go where the
+    search already put capacity, not to the modules it left at the minimum. Returns the
+    allocation and a record for ``meta.budget_fit``."""
+    filled, report = fill_budget(
+        allocation, credits, budget, shapes, groups, parsimony=parsimony, needed_only=True
+    )
+    record = {
+        "fill": fill,
+        "added_expert_units": report.expert_units,
+        "added_rank_units": report.rank_units,
+    }
+    if fill != "spend" or not budget.active:
+        return filled, record
+    mode = "experts" if budget.kind == "experts" else "rank"
+    if mode == "experts" and groups is not None and any(len(g) > 1 for g in groups.values()):
+        record["scaled"] = "no: tied expert counts (granularity=layer) do not scale per module"
+        return filled, record
+    before = budget.measure(filled, shapes)
+    scaled = scale_to_budget(filled, budget, shapes, mode=mode)
+    scaled.meta.pop("scaled", None)
+    record["scaled"] = {"mode": mode, "before": before, "after": budget.measure(scaled, shapes)}
+    return scaled, record

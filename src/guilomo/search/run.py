@@ -40,10 +40,10 @@ from guilomo.search.module import SearchModule
 from guilomo.search.readout import (
     ModuleCredits,
     collect_gsvs,
-    fill_budget,
     fit_budget,
     minimum_allocation,
     read_allocation,
+    spend_budget,
 )
 from guilomo.utils.io import atomic_write_text
 from guilomo.utils.kept import keep_finished_work
@@ -186,21 +186,16 @@ def run_search(cfg: DictConfig) -> Path:
     fit = report.summary()
     if module.pricing is not None:  # the budget was in the search: spend what it left
         credits = collect_credits(module)
-        allocation, filled = fill_budget(
+        allocation, filled = spend_budget(
             allocation,
             credits,
             budget,
             shapes,
             groups,
             parsimony=settings.parsimony,
-            needed_only=settings.budget_fill == "needed",
-        )
-        fit.update(
-            mode="lagrangian",
             fill=settings.budget_fill,
-            added_expert_units=filled.expert_units,
-            added_rank_units=filled.rank_units,
         )
+        fit.update(mode="lagrangian", **filled)
     elif budget.active:
         fit["mode"] = "posthoc"
     allocation.meta.update(
