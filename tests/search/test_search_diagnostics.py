@@ -334,12 +334,14 @@ def test_report_lines_say_what_the_credit_and_the_budget_did():
         "removed_rank_units": 2,
         "added_expert_units": 3,
         "added_rank_units": 4,
+        "scaled": {"mode": "rank", "before": 1500, "after": 1999},
     }
     lines = report_lines(report, {"kind": "params", "value": 2000, "spent": 1999, "fit": fit})
     assert "experts 0.50 (75.0% of modules noise), ranks 2.00 (25.0% noise)" in lines[-3]
     assert lines[-2] == (
         "  budget params 2,000 inside the search: read-out spends 1,234 (price 0.01), trim "
-        "removed 1 expert / 2 rank units, fill (spend) added 3 / 4; the allocation spends 1,999"
+        "removed 1 expert / 2 rank units, fill (spend) added 3 / 4, then grown in proportion from "
+        "1,500; the allocation spends 1,999"
     )
     assert lines[-1].endswith("converged: yes")
     posthoc = report_lines(report, {"kind": "rank", "value": 9, "spent": 9, "fit": {}})

@@ -396,6 +396,8 @@ def report_lines(report: dict, budget: dict | None = None) -> list[str]:
                 f"rank units, fill ({fit.get('fill')}) added {fit.get('added_expert_units', 0)} / "
                 f"{fit.get('added_rank_units', 0)}"
             )
+            if isinstance(fit.get("scaled"), dict):
+                line += f", then grown in proportion from {fit['scaled']['before']:,}"
         else:
             line += (
                 f" fitted after the search: removed {fit.get('removed_expert_units', 0)} expert / "
