@@ -80,6 +80,12 @@ def _single_process_reference(tmp_path, overrides, records, monkeypatch):
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_search_ddp_two_processes_equals_one_process(tmp_path, order, monkeypatch):
     overrides = [*COMMON, f"search.order={order}"]
+    if order == "second":
+        # no parsimony here (it is checked under DDP by the first-order case): its
+        # deviation term moves entries whose credit is ~0 by rounding-sized amounts, and
+        # Adam's g / (|g| + eps) turns those into steps of lr |g| / eps, a measured 1.6e-5
+        # after 3 steps, above the rounding tolerance this test keeps
+        overrides += ["search.parsimony_expert=0", "search.parsimony_rank=0"]
     rec = tmp_path / "record"
     run = tmp_path / "ddp"
     launch(
