@@ -151,11 +151,11 @@ def study(root: Path, budget_rank: int | None) -> None:
             ckpt=path.parent / "checkpoints" / "last.ckpt",
         )
     print(
-        "| variant | task | data seed | init seed | steps | experts init -> final "
-        "| total rank init -> final | modules with a new expert count "
-        "| kept experts with a new rank | converged |"
+        "| variant | task | data seed | init seed | steps | read-out experts init -> end "
+        "| read-out total rank init -> end | modules with a new expert count "
+        "| kept experts with a new rank | converged | written: experts, total rank |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (variant, task, seed, init_seed), r in runs.items():
         d = r["meta"].get("diagnostics", {})
         print(
@@ -164,9 +164,11 @@ def study(root: Path, budget_rank: int | None) -> None:
             f"| {d['initial']['experts']} -> {d['final']['experts']} "
             f"| {d['initial']['total_rank']} -> {d['final']['total_rank']} "
             f"| {pct(d['experts_changed'])} | {pct(d['ranks_changed'])} "
-            f"| {'yes' if d['converged'] else 'no'} |"
+            f"| {'yes' if d['converged'] else 'no'} "
+            f"| {sum(len(v) for v in r['final'].values())}, "
+            f"{sum(sum(v) for v in r['final'].values())} |"
         )
-    tables = [("read-out, no budget", "final", "init")]
+    tables = [("the written allocations (after any budget fit)", "final", "init")]
     if budget_rank:
         for r in runs.values():
             if r["init_g"] is None:
@@ -203,7 +205,7 @@ def study(root: Path, budget_rank: int | None) -> None:
                         f"| {variant} | {kind} | {len(rows)} | {mean_sd(cols[0])} | {mean_sd(cols[1])} "
                         f"| {mean_sd(cols[2])} / {mean_sd(cols[3])} | {mean_sd(cols[4])} / {mean_sd(cols[5])} |"
                     )
-    print("\n**Mean rank by module kind and layer** (final read-out, over seeds and tasks)\n")
+    print("\n**Experts x mean rank by module** (written allocations, over seeds and tasks)\n")
     for variant in sorted({k[0] for k in runs}):
         acc: dict[str, list[float]] = {}
         for k, r in runs.items():
