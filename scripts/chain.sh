@@ -12,7 +12,7 @@
 # overrides for one stage only (space-separated). Environment:
 #   TASKS    comma list (default: chatterbot_topic,bigbench_multiemo for cpu_twin,
 #            the paper's seven for paper)
-#   SEEDS    comma list (default 1,2,3); METHODS (default file,lora,uniform,mola_2468,alphalora,random)
+#   SEEDS    comma list (default 1,2,3); METHODS (default file,lora,uniform,mola_2468,alphalora,random,adalora)
 #   SEARCH_SEEDS  seeds to search (default SEEDS); e.g. SEARCH_SEEDS=1 TRAIN_ARGS=chain.search_seed=1
 #            searches once per task and fine-tunes every seed from that search
 #   PYTHON   (default .venv/bin/python); PROJECT_ROOT: where chains/<name>/ is written (default .)
@@ -31,7 +31,7 @@ esac
 TASKS=${TASKS:-$default_tasks}
 SEEDS=${SEEDS:-1,2,3}
 SEARCH_SEEDS=${SEARCH_SEEDS:-$SEEDS}
-METHODS=${METHODS:-file,lora,uniform,mola_2468,alphalora,random}
+METHODS=${METHODS:-file,lora,uniform,mola_2468,alphalora,random,adalora}
 read -ra search_args <<< "${SEARCH_ARGS:-}"
 read -ra train_args <<< "${TRAIN_ARGS:-}"
 
