@@ -15,7 +15,7 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from guilomo.allocation import Allocation, layer_of
+from guilomo.allocation import Allocation, ModuleAllocation, layer_of
 from guilomo.baselines import (
     alpha_counts,
     alphalora,
@@ -381,6 +381,67 @@ def test_scale_up_and_errors():
         scale_to_budget(lora, Budget("rank", 100), SMOLLM2)  # < one rank per module
     with pytest.raises(BudgetError):
         scale_to_budget(lora, Budget("experts", 300), SMOLLM2, mode="rank")
+
+
+def _uneven(shapes, seed):
+    """Experts of uneven ranks 1..6 and counts 2..5, seeded (a search's kind of result)."""
+    g = torch.Generator().manual_seed(seed)
+    modules = {}
+    for n in shapes:
+        k = int(torch.randint(2, 6, (1,), generator=g))
+        modules[n] = ModuleAllocation(tuple(int(r) for r in torch.randint(1, 7, (k,), generator=g)))
+    return Allocation(modules, top_k=2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scale_with_a_cap_stays_under_it_and_is_maximal(seed):
+    """Capped rank growth: no rank above the cap, within the budget, and no expert below
+    the cap could take one more rank within it; the uncapped units keep their proportion
+    (checked against the plain rule on the uncapped units alone)."""
+    alloc = _uneven(SMOLLM2, seed)
+    cap = 8
+    most = sum(
+        cap * (i + o) * m.experts + i * m.experts
+        for m, (i, o) in zip(alloc.modules.values(), SMOLLM2.values(), strict=True)
+    )
+    target = (alloc.trainable_params(SMOLLM2) + most) // 2  # the plain rule would pass the cap
+    plain = scale_to_budget(alloc, Budget("params", target), SMOLLM2)
+    assert max(ranks_of(plain)) > cap
+    b = scale_to_budget(alloc, Budget("params", target), SMOLLM2, cap=cap)
+    spent = b.trainable_params(SMOLLM2)
+    assert max(ranks_of(b)) == cap and spent <= target
+    for n, m in b.modules.items():
+        assert m.experts == alloc.modules[n].experts
+        i, o = SMOLLM2[n]
+        assert all(r >= r0 for r, r0 in zip(m.ranks, alloc.modules[n].ranks, strict=True))
+        if any(r < cap for r in m.ranks):
+            assert spent + i + o > target  # one more rank of this module does not fit
+    # a larger rank at the start never ends smaller (the order between experts is kept)
+    pairs = [
+        (r0, r)
+        for n, m in b.modules.items()
+        for r0, r in zip(alloc.modules[n].ranks, m.ranks, strict=True)
+    ]
+    for r0, r in pairs:
+        for q0, q in pairs:
+            if r0 > q0:
+                assert r >= q
+
+
+def test_scale_with_a_cap_that_is_never_reached_is_the_plain_rule():
+    alloc = _uneven(SMOLLM2, 3)
+    target = alloc.trainable_params(SMOLLM2) * 3 // 2
+    plain = scale_to_budget(alloc, Budget("params", target), SMOLLM2)
+    capped = scale_to_budget(alloc, Budget("params", target), SMOLLM2, cap=64)
+    assert capped.modules == plain.modules
+
+
+def test_scale_with_a_cap_below_the_budget_ends_all_at_the_cap():
+    alloc = _uneven(SMOLLM2, 4)
+    b = scale_to_budget(alloc, Budget("rank", 10**6), SMOLLM2, cap=8)
+    assert ranks_of(b) == {8}
+    e = scale_to_budget(alloc, Budget("experts", 10**6), SMOLLM2, cap=6)
+    assert {m.experts for m in e.modules.values()} == {6}
 
 
 def test_make_baseline_scaled_to_a_params_budget():

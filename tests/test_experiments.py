@@ -93,7 +93,7 @@ def test_cpu_twin_chain_end_to_end_on_tiny(tmp_path):
         "PYTHON": sys.executable,
         "TASKS": "chatterbot_topic",
         "SEEDS": "1",
-        "SEARCH_ARGS": "search.log_modules_every=1",
+        "SEARCH_ARGS": "search.log_modules_every=1 budget.value=60000",  # tiny: 139,264 at most
         "TRAIN_ARGS": "eval.limit=8 eval.zero_shot=false save_adapter=false",
         "OMP_NUM_THREADS": "1",
     }

@@ -133,6 +133,19 @@ class Budget:
                 "or target fewer modules/layers"
             )
 
+    def check_maximum(
+        self, maximum: Allocation, shapes: Mapping[str, tuple[int, int]], fix: str
+    ) -> None:
+        """Raise when the budget is more than even the largest allowed allocation spends
+        (a budget that must be spent, but cannot be); ``fix`` names the other ways out."""
+        most = self.measure(maximum, shapes)
+        if self.active and self.value > most:
+            raise BudgetError(
+                f"budget {self.kind}={self.value} is more than the largest allocation can "
+                f"spend ({most} {self.kind}: {maximum.summary()}); set budget.value <= {most}, "
+                f"or {fix}"
+            )
+
     def to_dict(self) -> dict:
         out = {"kind": self.kind, "value": self.value}
         if self.matched is not None:

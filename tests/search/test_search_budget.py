@@ -34,6 +34,11 @@ def total_rank(alloc, name):
     return sum(alloc.modules[name].ranks)
 
 
+def in_search_space(alloc, s=NEEDED):
+    """No fill grows a module past the search's n_max experts or an expert past r_max."""
+    return all(m.experts <= s.n_max and max(m.ranks) <= s.r_max for m in alloc.modules.values())
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_rank_goes_to_the_module_that_needs_it(seed):
     budget = Budget("rank", 12)
@@ -41,6 +46,7 @@ def test_rank_goes_to_the_module_that_needs_it(seed):
     _, spent = search(["rank:6", "rank:1"], seed, budget)  # the default fill: spend
     for alloc in (read, final, spent):  # the search itself, then both fills
         assert total_rank(alloc, "m0") > total_rank(alloc, "m1"), alloc.summary()
+        assert in_search_space(alloc), alloc.summary()
     assert budget.measure(final, {}) <= 12
     assert budget.measure(spent, {}) == 12  # a rank budget is spent exactly
 
@@ -53,6 +59,7 @@ def test_graded_rank_needs_are_ranked_in_order(seed):
     for alloc in (read, final, spent):
         ranks = [total_rank(alloc, f"m{i}") for i in range(3)]
         assert ranks[0] > ranks[1] > ranks[2], ranks
+        assert in_search_space(alloc), alloc.summary()
     assert budget.measure(spent, {}) == 18
 
 
@@ -66,7 +73,7 @@ def test_experts_go_to_the_module_that_needs_them(seed):
     assert read.modules["m0"].experts >= read.modules["m1"].experts, read.summary()
     for alloc in (final, spent):
         assert alloc.modules["m0"].experts > alloc.modules["m1"].experts, alloc.summary()
-        assert budget.measure(alloc, {}) <= 6
+        assert budget.measure(alloc, {}) <= 6 and in_search_space(alloc)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -76,6 +83,7 @@ def test_nothing_to_learn_leaves_the_minimum(seed):
     for m in read.modules.values():
         assert m.ranks == (1, 1), read.summary()
     assert budget.measure(spent, {}) == 40  # the default fill spends the budget
+    assert in_search_space(spent)
     _, final = search(["noise", "noise"], seed, budget, start=(4, 4), settings=NEEDED)
     for m in final.modules.values():
         assert m.ranks == (1, 1), final.summary()

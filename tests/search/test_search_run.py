@@ -130,6 +130,20 @@ def test_budget_below_the_minimum_fails_before_training(tmp_path):
     assert not (tmp_path / "allocation.json").exists()
 
 
+def test_budget_above_the_search_space_fails_before_training(tmp_path):
+    """A budget the spend fill must spend, larger than n_max x r_max everywhere (here 4 x 4
+    in 14 modules = 224 ranks), stops before training with the key and the ways out; as an
+    upper bound (budget_fill=needed) the same budget is fine."""
+    over = [*FAST, "logger=none", "budget=rank", "budget.value=225"]
+    cfg = compose_cfg("search", over, tmp_path)
+    with pytest.raises(BudgetError, match=r"set budget.value <= 224.*search.budget_fill=needed"):
+        run_search(cfg)
+    assert not (tmp_path / "allocation.json").exists()
+    cfg = compose_cfg("search", [*over, "search.budget_fill=needed"], tmp_path)
+    alloc = check_allocation(run_search(cfg), cfg)
+    assert alloc.total_rank <= 224
+
+
 def test_config_groups_compose():
     assert {"none", "experts", "rank", "params"} <= set(options("budget"))
     cfg = compose_cfg("search", [])

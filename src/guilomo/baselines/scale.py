@@ -25,6 +25,13 @@ is smaller than the cheapest further step, i.e. less than one rank (rank mode) o
 one expert (experts mode) of some module. In experts mode, a module that grows
 repeats its own ranks cyclically (``ranks[i % n]``) and one that shrinks drops
 experts from the end; a per-module ``top_k`` is capped at the new count.
+
+With a ``cap`` (the search's ``r_max`` in rank mode, ``n_max`` in experts mode) no
+value exceeds it: where step 1's ``s`` would pass it, ``s`` becomes the largest factor whose capped values
+``min(cap, max(1, floor(s v0_u)))`` still fit (bisection; spend is monotone in ``s``),
+so units that hit the cap stop and the others keep growing in proportion, and step 4
+skips capped units. If every unit is at the cap and the budget is still not spent,
+the result is all-cap (the caller says so).
 """
 
 from __future__ import annotations
@@ -83,6 +90,30 @@ def apportion(weights: Sequence[float], total: int, minimum: int = 1) -> list[in
     return out
 
 
+def _capped_factor(
+    base: Sequence[int],
+    s: float,
+    cost: Callable[[int, int], int],
+    fixed: int,
+    target: int,
+    cap: int,
+) -> float:
+    """The largest factor whose capped values fit ``target`` (bisection; at least ``s``
+    when ``s`` itself fits, at most the factor that puts every unit at the cap)."""
+
+    def spend(x: float) -> int:
+        return fixed + sum(cost(u, min(cap, max(1, math.floor(x * b)))) for u, b in enumerate(base))
+
+    top = cap / max(min(base), 1) + 1.0  # every unit at the cap from here on
+    if spend(top) <= target:
+        return top
+    lo, hi = (s, top) if spend(s) <= target else (0.0, s)
+    for _ in range(60):  # to float precision of the factor
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if spend(mid) <= target else (lo, mid)
+    return lo
+
+
 def _fit(
     base: Sequence[int],
     s: float,
@@ -90,10 +121,15 @@ def _fit(
     fixed: int,
     target: int,
     what: str,
+    cap: int | None = None,
 ) -> list[int]:
-    """Steps 2-4 of the rule: values >= 1 near ``s * base`` with ``fixed + sum cost <= target``."""
+    """Steps 2-4 of the rule: values in ``1..cap`` near ``s * base`` with
+    ``fixed + sum cost <= target``."""
+    if cap is not None and any(math.floor(s * b) > cap for b in base):  # the cap binds
+        s = _capped_factor(base, s, cost, fixed, target, cap)
+    top = math.inf if cap is None else cap
     shares = [s * b for b in base]
-    vals = [max(1, math.floor(x)) for x in shares]
+    vals = [min(top, max(1, math.floor(x))) for x in shares]
     spent = fixed + sum(cost(u, v) for u, v in enumerate(vals))
     while spent > target:
         candidates = [u for u, v in enumerate(vals) if v > 1]
@@ -112,6 +148,8 @@ def _fit(
     while grown:
         grown = False
         for u in order:
+            if vals[u] >= top:
+                continue
             step = cost(u, vals[u] + 1) - cost(u, vals[u])
             if spent + step <= target:
                 vals[u] += 1
@@ -129,8 +167,10 @@ def scale_to_budget(
     budget: Budget | Mapping,
     shapes: Mapping[str, tuple[int, int]],
     mode: str | None = None,
+    cap: int | None = None,
 ) -> Allocation:
-    """Scale ``allocation`` uniformly so it spends ``budget`` (see the module docstring).
+    """Scale ``allocation`` uniformly so it spends ``budget`` (see the module docstring),
+    no value above ``cap`` (ranks in rank mode, expert counts in experts mode) if given.
 
     ``mode`` is ``"rank"`` (multiply every expert's rank; the default for ``rank`` and
     ``params`` budgets) or ``"experts"`` (multiply every module's expert count; the
@@ -158,7 +198,7 @@ def scale_to_budget(
         unit_cost = [budget.cost((2,), shapes[n]) - budget.cost((1,), shapes[n]) for n, _ in units]
         fixed = before - sum(c * r for c, r in zip(unit_cost, base, strict=True))
         s = (target - fixed) / max(before - fixed, 1)
-        vals = _fit(base, s, lambda u, v: unit_cost[u] * v, fixed, target, "ranks")
+        vals = _fit(base, s, lambda u, v: unit_cost[u] * v, fixed, target, "ranks", cap)
         new_ranks: dict[str, list[int]] = {n: [] for n in names}
         for (n, _), v in zip(units, vals, strict=True):
             new_ranks[n].append(v)
@@ -173,7 +213,7 @@ def scale_to_budget(
 
         base = [m.experts for m in mods]
         s = target / max(before, 1)
-        vals = _fit(base, s, cost, 0, target, "expert counts")
+        vals = _fit(base, s, cost, 0, target, "expert counts", cap)
         modules = {
             n: ModuleAllocation(_cycled(m.ranks, v), None if m.top_k is None else min(m.top_k, v))
             for n, m, v in zip(names, mods, vals, strict=True)

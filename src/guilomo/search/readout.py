@@ -329,8 +329,10 @@ def spend_budget(
     budget is spent (:func:`guilomo.baselines.scale.scale_to_budget`, ranks for ``rank`` /
     ``params`` budgets, experts for ``experts``; within one unit's cost). Scaling keeps
     the search's order between modules; units the credit does not value go where the
-    search already put capacity, not to the modules it left at the minimum. Returns the
-    allocation and a record for ``meta.budget_fit``."""
+    search already put capacity, not to the modules it left at the minimum. Growth is
+    capped at the search space (``r_max`` ranks, ``n_max`` experts; the search checks
+    before it starts that the budget fits in it). Returns the allocation and a record for
+    ``meta.budget_fit``."""
     filled, report = fill_budget(
         allocation, credits, budget, shapes, groups, parsimony=parsimony, needed_only=True
     )
@@ -346,7 +348,18 @@ def spend_budget(
         record["scaled"] = "no: tied expert counts (granularity=layer) do not scale per module"
         return filled, record
     before = budget.measure(filled, shapes)
-    scaled = scale_to_budget(filled, budget, shapes, mode=mode)
+    # growth stays inside the search space: no rank above r_max, no count above n_max
+    n_max, r_max = (int(n) for n in next(iter(credits.values())).rank.shape)
+    if mode == "experts":
+        scaled = scale_to_budget(filled, budget, shapes, mode="experts", cap=n_max)
+    else:
+        scaled = scale_to_budget(filled, budget, shapes, mode="rank", cap=r_max)
+        if budget.measure(scaled, shapes) < budget.value and scaled.total_experts < n_max * len(
+            scaled.modules
+        ):  # every rank at r_max and budget left: more experts, then ranks again
+            scaled = scale_to_budget(scaled, budget, shapes, mode="experts", cap=n_max)
+            scaled = scale_to_budget(scaled, budget, shapes, mode="rank", cap=r_max)
     scaled.meta.pop("scaled", None)
-    record["scaled"] = {"mode": mode, "before": before, "after": budget.measure(scaled, shapes)}
+    after = budget.measure(scaled, shapes)
+    record["scaled"] = {"mode": mode, "before": before, "after": after, "caps": [n_max, r_max]}
     return scaled, record

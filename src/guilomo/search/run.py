@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from guilomo.allocation import uniform
 from guilomo.allocation_view import allocation_scalars, log_allocation, save_heatmap
 from guilomo.budget import Budget
 from guilomo.data.datamodule import IGNORE
@@ -111,6 +112,14 @@ def run_search(cfg: DictConfig) -> Path:
     budget: Budget = build_budget(cfg, shapes)
     # fail before training when not even the smallest allocation fits the budget
     budget.check_minimum(minimum_allocation(names, settings.min_experts, settings.top_k), shapes)
+    if settings.budget_mode == "lagrangian" and settings.budget_fill == "spend":
+        # ... and when the budget, which this fill spends, is more than the space holds
+        budget.check_maximum(
+            uniform(names, settings.n_max, settings.r_max, top_k=settings.top_k),
+            shapes,
+            "raise search.n_max / search.r_max, or set search.budget_fill=needed "
+            "(the budget as an upper bound)",
+        )
 
     datamodule = build_datamodule(cfg, tokenizer)
     # the GSV init's seed apart from the data's (cfg.seed: shuffling, dropout), so each
