@@ -395,9 +395,8 @@ def _uneven(shapes, seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_scale_with_a_cap_stays_under_it_and_is_maximal(seed):
-    """Capped rank growth: no rank above the cap, within the budget, and no expert below
-    the cap could take one more rank within it; the uncapped units keep their proportion
-    (checked against the plain rule on the uncapped units alone)."""
+    """Capped rank growth: no rank above the cap, within the budget, no expert below the
+    cap could take one more rank within it, and the order between experts is kept."""
     alloc = _uneven(SMOLLM2, seed)
     cap = 8
     most = sum(

@@ -95,9 +95,7 @@ class SearchSettings:
     start_rank: int | None = None  # uniform start: rank of every expert (None: r_max // 2)
     init_seed: int | None = None  # seed of the GSV init (None: the run's seed)
     budget_mode: str = "lagrangian"  # with a budget: lagrangian (inside the search) | posthoc
-    budget_fill: str = (
-        "spend"  # after the search: spend (needed, then grown in proportion) | needed
-    )
+    budget_fill: str = "spend"  # after the search: spend (needed, then grown) | needed
     budget_lr: float = 0.3  # dual ascent step of the price of capacity
     budget_lam: float = 1.0  # initial price (1: one unit costs a typical credit)
     credit_ema: float = 0.9  # EMA factor of the credit meter (AdaLoRA's beta)

@@ -354,9 +354,9 @@ def spend_budget(
         scaled = scale_to_budget(filled, budget, shapes, mode="experts", cap=n_max)
     else:
         scaled = scale_to_budget(filled, budget, shapes, mode="rank", cap=r_max)
-        if budget.measure(scaled, shapes) < budget.value and scaled.total_experts < n_max * len(
-            scaled.modules
-        ):  # every rank at r_max and budget left: more experts, then ranks again
+        room = scaled.total_experts < n_max * len(scaled.modules)
+        if room and budget.measure(scaled, shapes) < budget.value:
+            # every rank at r_max and budget left: more experts, then ranks again
             scaled = scale_to_budget(scaled, budget, shapes, mode="experts", cap=n_max)
             scaled = scale_to_budget(scaled, budget, shapes, mode="rank", cap=r_max)
     scaled.meta.pop("scaled", None)
