@@ -25,6 +25,10 @@ Several runs of one method at one task, seed and budget (e.g. ``random`` with di
 ``allocation.seed``) are *draws*: averaged per seed before pairing, their count and
 spread reported. A row gives the pairs' mean difference, its sample std, the 95 %
 t-interval over seeds and the seeds won / lost.
+
+Direction. ``nll`` (held-out loss) is lower-is-better (:data:`LOWER_IS_BETTER`): its
+paired differences are signed as *method minus REF*, so for every metric a positive
+difference, and a won seed, means REF did better.
 """
 
 from __future__ import annotations
@@ -69,6 +73,15 @@ CSV_FIELDS = (
     "trainable_params",
     "search_seconds",
 )
+
+
+# metrics where a smaller value is better (the paired report flips their sign)
+LOWER_IS_BETTER = frozenset({"nll"})
+
+
+def better_sign(metric: str) -> int:
+    """+1 where higher is better, -1 for :data:`LOWER_IS_BETTER` metrics."""
+    return -1 if metric in LOWER_IS_BETTER else 1
 
 
 class ResultsWarning(UserWarning):
@@ -356,6 +369,7 @@ def paired(
             label, exact = _budget_of(r)
             key = (r.backbone, r.task, label, exact, r.seed)
             cells.setdefault(key, {}).setdefault(r.method, []).append(v)
+    sign = better_sign(metric)
     pairs: dict[tuple, list[tuple]] = {}
     for (backbone, task, budget, _, seed), by_method in cells.items():
         ours = by_method.get(reference)
@@ -366,7 +380,9 @@ def paired(
     rows = []
     for (backbone, task, budget, method), items in pairs.items():
         items.sort(key=lambda x: x[0])
-        diffs = [statistics.fmean(ours) - statistics.fmean(theirs) for _, ours, theirs in items]
+        diffs = [
+            sign * (statistics.fmean(ours) - statistics.fmean(theirs)) for _, ours, theirs in items
+        ]
         n, mean = len(diffs), statistics.fmean(diffs)
         std = statistics.stdev(diffs) if n > 1 else None
         half = t95(n - 1) * std / math.sqrt(n) if std is not None else None
@@ -412,8 +428,12 @@ def paired_markdown(rows: Sequence[dict], reference: str) -> str:
         return f"(no pairs: no method shares a task, seed and budget with '{reference}')"
     several = len({r["backbone"] for r in rows}) > 1
     f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+    lower = better_sign(rows[0]["metric"].split("/")[-1]) < 0
+    diff_name = f"method - {reference}" if lower else f"{reference} - method"
     caption = (
-        f"{rows[0]['metric']}: {reference} minus each method, paired by task, seed and budget "
+        f"{rows[0]['metric']}"
+        + (" (lower is better)" if lower else "")
+        + f": {diff_name}, so > 0 means {reference} did better; paired by task, seed and budget "
         "(draws of one method at one seed averaged first): mean ± sample std of the per-seed "
         "differences, 95 % t-interval over seeds, seeds won/lost; method score: mean ± std "
         "over its runs; draw std: spread between its draws within a seed"
@@ -426,7 +446,7 @@ def paired_markdown(rows: Sequence[dict], reference: str) -> str:
         "draws/seed",
         "method score (runs)",
         "draw std",
-        f"{reference} - method",
+        diff_name,
         "95% CI",
         "w/l",
     ]

@@ -1,9 +1,13 @@
-"""A deliberately poor allocation at the run's size: the whole budget on one module kind.
+"""A deliberately poor allocation at the run's size: the whole budget on one module kind,
+or on the lowest adapted layers.
 
 The sensitivity control of the comparison: if it scores like ``uniform``, the task
 cannot rank allocations at this scale. ``module_kind`` is a module name's last component
 (``k_proj``); by default it is the kind a searched allocation values least
-(:func:`least_valued_kind`: the lowest mean trainable parameters per module).
+(:func:`least_valued_kind`: the lowest mean trainable parameters per module). With
+``lowest_layers=L`` the chosen modules are instead every module of the ``L`` lowest
+adapted layers (a second poor placement: the whole budget far from the output; its
+method name is ``concentrated_low``).
 
 The rule (:func:`concentrated`), for an active ``params`` or ``rank`` budget ``T``:
 
@@ -25,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from guilomo.allocation import Allocation, ModuleAllocation, module_shapes
+from guilomo.allocation import Allocation, ModuleAllocation, layer_of, module_shapes
 from guilomo.budget import Budget, BudgetError
 
 
@@ -51,9 +55,11 @@ def concentrated(
     from_file: str | Path | None = None,
     experts: int = 2,
     top_k: int = 2,
+    lowest_layers: int | None = None,
 ) -> Allocation:
     """The budget on the modules of ``module_kind`` (null: :func:`least_valued_kind` of the
-    allocation in ``from_file``), the smallest adapter elsewhere (see the module docstring)."""
+    allocation in ``from_file``) or, with ``lowest_layers``, of the lowest adapted layers;
+    the smallest adapter elsewhere (see the module docstring)."""
     shapes = module_shapes(targets)  # {name: nn.Linear} or {name: (d_in, d_out)}
     budget = Budget.from_config(budget, shapes)
     if budget.kind not in ("params", "rank"):
@@ -64,14 +70,18 @@ def concentrated(
     if experts < 1 or top_k < 1:
         raise ValueError(f"experts and top_k must be >= 1, got {experts}, {top_k}")
     kind, chosen_from = module_kind, None
-    if kind is None:
+    if lowest_layers is not None:
+        chosen = _lowest_layers(shapes, lowest_layers)
+        kind = None
+    elif kind is None:
         if from_file is None:
             raise BudgetError(
                 "allocation=concentrated needs allocation.module_kind=<kind, e.g. k_proj> or a "
                 "searched allocation to pick the least valued kind (searched=<allocation.json>)"
             )
         kind, chosen_from = least_valued_kind(Allocation.load(from_file), shapes), str(from_file)
-    chosen = [n for n in shapes if kind_of(n) == kind]
+    if lowest_layers is None:
+        chosen = [n for n in shapes if kind_of(n) == kind]
     if not chosen:
         kinds = sorted({kind_of(n) for n in shapes})
         raise BudgetError(f"no target module of kind '{kind}': the targets' kinds are {kinds}")
@@ -97,9 +107,26 @@ def concentrated(
     meta = {
         "source": "baseline:concentrated",
         "module_kind": kind,
+        "lowest_layers": lowest_layers,
         "module_kind_from": chosen_from,
         "experts": experts,
         "rank": rank,
         "budget": budget.to_dict(),
     }
+    if lowest_layers is not None:
+        meta["method"] = "concentrated_low"
     return Allocation({n: ModuleAllocation(tuple(r)) for n, r in ranks.items()}, top_k, meta)
+
+
+def _lowest_layers(shapes: Mapping, count: int) -> list[str]:
+    """The modules of the ``count`` lowest adapted layers, in module order."""
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise BudgetError(f"allocation.lowest_layers must be an integer >= 1, got {count!r}")
+    layers = sorted({layer_of(n) for n in shapes})
+    if count >= len(layers):
+        raise BudgetError(
+            f"allocation.lowest_layers={count} would choose all {len(layers)} adapted layers: "
+            f"give fewer than {len(layers)}"
+        )
+    keep = set(layers[:count])
+    return [n for n in shapes if layer_of(n) in keep]

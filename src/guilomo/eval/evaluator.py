@@ -19,6 +19,14 @@ when that is distinct per option ("The answer is B." -> "b";
 GSM8K) only generation and ``accuracy`` (exact match of normalised answers) apply.
 Metrics: :mod:`guilomo.eval.metrics`. :func:`check_eval_config` checks a run's ``eval``
 config before any weights load.
+
+Held-out loss. Every result also has ``nll``: the negative log-likelihood of the gold
+answer's tokens given the prompt, summed over all examples and divided by the number of
+those tokens (nats per token; lower is better). For option tasks the gold answer is the
+target option as scored (``loglik`` reuses its score; ``generate`` scores it once more);
+for free-form tasks it is the gold answer text (plus whatever suffix the caller gives in
+``gold_suffix``, e.g. eos, as trained). Unlike accuracy it moves with every example's
+probability, so it resolves differences far below one example.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from dataclasses import dataclass
 
 from guilomo.eval.answer import extract_answer, is_correct, option_index, option_keys
 from guilomo.eval.generate import generate
-from guilomo.eval.metrics import Metrics
+from guilomo.eval.metrics import Metrics, NllMeter
 from guilomo.eval.scoring import score_options
 from guilomo.utils.checks import check_bool, check_choice, check_int, get
 
@@ -100,6 +108,7 @@ def evaluate(
     return_predictions: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
     num_classes: int | None = None,
+    gold_suffix: str = "",
 ) -> dict:
     """Metrics of ``model`` on the prompts: ``{metric: value, ..., "n", "invalid", "mode"}``.
 
@@ -125,6 +134,7 @@ def evaluate(
     if options is None and any(m != "accuracy" for m in s.metrics):
         raise ValueError(f"free-form tasks only support accuracy, not {list(s.metrics)}")
 
+    nll = NllMeter()
     outputs: list[str] | None = None
     if s.mode == "generate":
         outputs = generate(
@@ -140,6 +150,15 @@ def evaluate(
         targets = [0] * len(prompts)
         tracker = Metrics(["accuracy"], num_classes=2)
         shown = answers
+        gold = score_options(
+            model,
+            tokenizer,
+            prompts,
+            [[g + gold_suffix] for g in golds],
+            s.batch_size,
+            share_prompt=True,
+        )
+        nll.update([-lp[0] for lp in gold.logprobs], [n[0] for n in gold.num_tokens])
     else:
         options = [list(o) for o in options]
         targets = [
@@ -158,18 +177,32 @@ def evaluate(
             )
             preds = scores.predictions()
         else:
+            scores = score_options(
+                model,
+                tokenizer,
+                prompts,
+                [[o[t]] for o, t in zip(options, targets, strict=True)],
+                s.batch_size,
+                share_prompt=True,
+            )
+            targets_scored = [0] * len(targets)
             preds = [
                 option_index(
                     extract_answer(out, s.answer_pattern), option_keys(o, s.answer_pattern)
                 )
                 for out, o in zip(outputs, options, strict=True)
             ]
+        col = targets if s.mode == "loglik" else targets_scored
+        nll.update(
+            [-scores.logprobs[i][c] for i, c in enumerate(col)],
+            [scores.num_tokens[i][c] for i, c in enumerate(col)],
+        )
         if num_classes is None:
             num_classes = max(2, max(len(o) for o in options)) if options else 2
         tracker = Metrics(s.metrics, num_classes=num_classes)
         shown = preds
     tracker.update(preds, targets)
-    result: dict = {**tracker.compute(), **tracker.totals(), "mode": s.mode}
+    result: dict = {**tracker.compute(), "nll": nll.compute(), **tracker.totals(), "mode": s.mode}
     if return_predictions:
         result["predictions"] = shown
         result["targets"] = golds if options is None else targets

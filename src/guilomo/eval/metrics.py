@@ -11,7 +11,8 @@ enters the MCC/F1 confusion matrix as a mistake.
 - ``f1``: ``BinaryF1Score`` of the ``positive`` class (default index 1; 0 when
   there are no positive predictions and targets).
 
-MCC and F1 need ``num_classes == 2``. Values are floats in ``[0, 1]`` (MCC in
+:class:`NllMeter` accumulates the held-out loss (gold-answer negative log-likelihood per
+token) the same way. MCC and F1 need ``num_classes == 2``. Values are floats in ``[0, 1]`` (MCC in
 ``[-1, 1]``); ``compute`` before any update gives NaN.
 
 Data-parallel evaluation: when ``torch.distributed`` is initialised (e.g. after a
@@ -120,3 +121,27 @@ def compute_metrics(
     m = Metrics(names, num_classes, positive)
     m.update(preds, targets)
     return m.compute()
+
+
+class NllMeter:
+    """Summed negative log-likelihood of gold-answer tokens over summed token counts.
+
+    ``update(nlls, tokens)`` takes each example's summed NLL (nats) and its token count;
+    ``compute`` is ``sum(nlls) / sum(tokens)`` over all updates (and all processes of a
+    data-parallel run): the token-weighted mean, NaN before any token.
+    """
+
+    def __init__(self):
+        self._nll, self._tokens = SumMetric(), SumMetric()
+
+    def update(self, nlls: Sequence[float], tokens: Sequence[int]) -> None:
+        if len(nlls) != len(tokens):
+            raise ValueError(f"{len(nlls)} losses but {len(tokens)} token counts")
+        if any(int(t) < 1 for t in tokens):
+            raise ValueError("every scored answer must have at least one token")
+        self._nll.update(torch.tensor(float(sum(nlls)), dtype=torch.float64))
+        self._tokens.update(torch.tensor(float(sum(int(t) for t in tokens)), dtype=torch.float64))
+
+    def compute(self) -> float:
+        tokens = float(self._tokens.compute())
+        return float(self._nll.compute()) / tokens if tokens > 0 else math.nan

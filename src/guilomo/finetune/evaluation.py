@@ -64,6 +64,7 @@ def evaluate_datamodule(
             settings=settings,
             progress=eval_progress(description, bool(eval_cfg.get("progress", True)) and rank == 0),
             num_classes=num_classes if spec.multiple_choice else None,
+            gold_suffix=eos,
         )
     model.train(was_training)
     result["mode"] = settings.mode
