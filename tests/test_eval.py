@@ -29,6 +29,7 @@ from guilomo.eval import (
     score_options,
 )
 from guilomo.eval import evaluator as evaluate_module
+from guilomo.eval.metrics import NllMeter
 from guilomo.eval.scoring import encode_pair
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -366,6 +367,16 @@ def test_evaluate_generate_reads_answers(monkeypatch):
         ]
     )
     monkeypatch.setattr(evaluate_module, "generate", lambda *a, **k: next(canned))
+    # the gold answers' loss: every scored answer one token at log-prob -2
+    monkeypatch.setattr(
+        evaluate_module,
+        "score_options",
+        lambda m, t, prompts, options, *a, **k: OptionScores(
+            [[-2.0] * len(o) for o in options],
+            [[1] * len(o) for o in options],
+            [[1] * len(o) for o in options],
+        ),
+    )
     lettered = [f"The answer is {c}." for c in "ABCD"]
     res = evaluate(
         None,
@@ -379,6 +390,7 @@ def test_evaluate_generate_reads_answers(monkeypatch):
     )
     assert res["predictions"] == [1, 0, None, 2]
     assert res["accuracy"] == pytest.approx(2 / 4) and res["invalid"] == 1
+    assert res["nll"] == pytest.approx(2.0)
 
     # CoLA-style: labels 0 = unacceptable, 1 = acceptable; MCC/F1 from the confusion matrix
     res = evaluate(
@@ -456,3 +468,63 @@ def test_token_id_prompts_score_as_their_text(model, tokenizer):
     assert generate(model, tokenizer, ids, max_new_tokens=4) == generate(
         model, tokenizer, PROMPTS, max_new_tokens=4
     )
+
+
+def test_nll_is_the_gold_answers_loss_per_token(model, tokenizer, reference):
+    # held-out loss: -(sum of the gold options' log-probs) / (their tokens), the same in
+    # both modes, against the one-pair-at-a-time reference
+    labels = [1, 0, 3]
+    gold_lp = sum(reference[i][c] for i, c in enumerate(labels))
+    tokens = sum(
+        len(tokenizer(OPTIONS[i][c], add_special_tokens=False)["input_ids"])
+        for i, c in enumerate(labels)
+    )
+    for mode in ("loglik", "generate"):
+        res = evaluate(
+            model,
+            tokenizer,
+            PROMPTS,
+            [" no", " 4", " C"],
+            options=OPTIONS,
+            labels=labels,
+            settings=EvalSettings(mode=mode, batch_size=2, max_new_tokens=2),
+        )
+        assert res["nll"] == pytest.approx(-gold_lp / tokens, rel=1e-5), mode
+    # free-form: the gold text plus the suffix, scored as a one-option example
+    golds = [" yes", " 4", " C"]
+    res = evaluate(
+        model,
+        tokenizer,
+        PROMPTS,
+        golds,
+        settings=EvalSettings(max_new_tokens=2),
+        gold_suffix="!",
+    )
+    ref = [reference_scores(model, tokenizer, p, [g + "!"])[0] for p, g in zip(PROMPTS, golds)]
+    n = sum(len(tokenizer(g + "!", add_special_tokens=False)["input_ids"]) for g in golds)
+    assert res["nll"] == pytest.approx(-sum(ref) / n, rel=1e-5)
+
+
+def test_nll_meter_by_hand():
+    m = NllMeter()
+    assert math.isnan(m.compute())
+    m.update([3.0, 1.0], [2, 1])
+    m.update([2.0], [3])
+    assert m.compute() == pytest.approx(6.0 / 6)
+    with pytest.raises(ValueError, match="token"):
+        m.update([1.0], [0])
+
+
+def test_loss_mode_scores_only_the_gold_answers(model, tokenizer, reference):
+    labels = [1, 0, 3]
+    full = evaluate(
+        model, tokenizer, PROMPTS, [" no", " 4", " C"], options=OPTIONS, labels=labels,
+        settings=EvalSettings(mode="loglik"),
+    )  # fmt: skip
+    loss = evaluate(
+        model, tokenizer, PROMPTS, [" no", " 4", " C"], options=OPTIONS, labels=labels,
+        settings=EvalSettings(mode="loss"),
+    )  # fmt: skip
+    assert loss == {"nll": pytest.approx(full["nll"]), "n": 3, "invalid": 0, "mode": "loss"}
+    free = evaluate(model, tokenizer, PROMPTS, [" yes", " 4", " C"], settings=EvalSettings("loss"))
+    assert set(free) == {"nll", "n", "invalid", "mode"} and free["n"] == 3

@@ -124,3 +124,34 @@ def test_t_quantiles():
     stats = pytest.importorskip("scipy.stats")
     for df in (*range(1, 60), 100, 1000):
         assert results.t95(df) == pytest.approx(stats.t.ppf(0.975, df), abs=5e-6)
+
+
+def test_lower_is_better_metric_is_signed_for_the_reference(tmp_path):
+    # nll: lower is better, so the difference is method - reference and a won seed is one
+    # where the reference's loss is lower
+    budget = {"kind": "params", "value": 100}
+    losses = {"guilomo": [1.0, 2.0, 3.0], "uniform": [1.5, 2.1, 2.9]}
+    i = 0
+    for method, vals in losses.items():
+        for seed, v in enumerate(vals, start=1):
+            folder = tmp_path / f"run{i}"
+            folder.mkdir()
+            data = {
+                "task": "t",
+                "backbone": "b",
+                "method": method,
+                "seed": seed,
+                "budget": budget,
+                "metrics": {"finetuned": {"accuracy": 0.5, "nll": v}},
+            }
+            (folder / "metrics.json").write_text(json.dumps(data))
+            i += 1
+    (row,) = results.paired(results.collect([tmp_path]), "guilomo", metric="nll")
+    assert row["diffs"] == pytest.approx([0.5, 0.1, -0.1])
+    assert (row["wins"], row["losses"]) == (2, 1)
+    text = results.paired_markdown([row], "guilomo")
+    assert "lower is better" in text and "method - guilomo" in text
+    (acc,) = results.paired(results.collect([tmp_path]), "guilomo", metric="accuracy")
+    assert acc["diffs"] == [0.0, 0.0, 0.0] and "lower is better" not in results.paired_markdown(
+        [acc], "guilomo"
+    )

@@ -58,7 +58,10 @@ METHOD_ORDER = (
     "mola",
     "alphalora",
     "random",
+    "shuffled",
+    "inverted",
     "concentrated",
+    "concentrated_low",
     "guilomo",
 )
 CSV_FIELDS = (
@@ -430,10 +433,11 @@ def paired_markdown(rows: Sequence[dict], reference: str) -> str:
     f = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     lower = better_sign(rows[0]["metric"].split("/")[-1]) < 0
     diff_name = f"method - {reference}" if lower else f"{reference} - method"
+    said = f"each method minus {reference}" if lower else f"{reference} minus each method"
     caption = (
         f"{rows[0]['metric']}"
         + (" (lower is better)" if lower else "")
-        + f": {diff_name}, so > 0 means {reference} did better; paired by task, seed and budget "
+        + f": {said}, so > 0 means {reference} did better; paired by task, seed and budget "
         "(draws of one method at one seed averaged first): mean ± sample std of the per-seed "
         "differences, 95 % t-interval over seeds, seeds won/lost; method score: mean ± std "
         "over its runs; draw std: spread between its draws within a seed"

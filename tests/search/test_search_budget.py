@@ -94,3 +94,24 @@ def test_posthoc_budget_mode_still_fits():
     settings = SearchSettings(start="uniform", budget_mode="posthoc")
     read, final = search(["rank:6", "rank:1"], 0, budget, steps=120, settings=settings)
     assert budget.measure(final, {}) <= 10
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("value", [20, 48, 90])
+def test_a_noise_module_never_ends_with_more_than_a_needy_one(seed, value):
+    # one module needs rank 6, one has nothing to learn; at 90 ranks the caps bind (the
+    # needy module reaches n_max x r_max = 64 before the noise module may grow)
+    budget = Budget("rank", value)
+    for settings in (NEEDED, SearchSettings(start="uniform")):  # both fills
+        _, alloc = search(["rank:6", "noise"], seed, budget, settings=settings)
+        needy, noise = alloc.modules["m0"], alloc.modules["m1"]
+        assert noise.experts <= needy.experts, alloc.summary()
+        assert total_rank(alloc, "m1") <= total_rank(alloc, "m0"), alloc.summary()
+        assert max(noise.ranks) <= max(needy.ranks), alloc.summary()
+        # the order survives the caps: the noise module stays at the minimum until the
+        # needy one is full (n_max experts of rank r_max)
+        if total_rank(alloc, "m0") < NEEDED.n_max * NEEDED.r_max:
+            assert noise.ranks == (1, 1), alloc.summary()
+        assert in_search_space(alloc) and budget.measure(alloc, {}) <= value
+        if settings.budget_fill == "spend":  # within one expert of r_max ranks
+            assert value - budget.measure(alloc, {}) < NEEDED.r_max

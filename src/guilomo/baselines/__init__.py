@@ -10,7 +10,11 @@
     random      random counts/ranks fitted to the budget (``seed``)
     concentrated
                 the budget on one module kind (``module_kind``, or the kind the allocation
-                in ``from_file`` values least), LoRA r=1 elsewhere: the poor control
+                in ``from_file`` values least, or with ``lowest_layers`` the lowest adapted
+                layers: ``concentrated_low``), LoRA r=1 elsewhere: the poor controls
+    shuffled / inverted
+                a searched file's module allocations permuted (``seed``) or handed out in
+                reverse order of size among same-shape modules (:mod:`.placement`)
 
 ``model_or_targets`` is a model (targets found with ``target_modules`` and
 ``layers``), ``{name: nn.Linear}`` (from :func:`~guilomo.moe.find_targets`), or
@@ -44,6 +48,7 @@ from guilomo.baselines.alphalora import (
     spectrum_alpha,
 )
 from guilomo.baselines.concentrated import concentrated, least_valued_kind
+from guilomo.baselines.placement import inverted, shuffled
 from guilomo.baselines.scale import apportion, scale_to_budget
 from guilomo.baselines.simple import (
     lora,
@@ -75,6 +80,7 @@ __all__ = [
     "apportion",
     "concentrated",
     "esd",
+    "inverted",
     "hill_alpha",
     "ks_alpha",
     "layer_alphas",
@@ -86,6 +92,7 @@ __all__ = [
     "random_allocation",
     "resolve_targets",
     "scale_to_budget",
+    "shuffled",
     "spectrum_alpha",
     "uniform_moe",
 ]

@@ -42,9 +42,7 @@ def _brief(meta: Mapping) -> dict:
     return {k: meta[k] for k in keep if k in meta}
 
 
-def shuffled(
-    targets: Mapping, from_file: str | Path | None, seed: int = 0, **load
-) -> Allocation:
+def shuffled(targets: Mapping, from_file: str | Path | None, seed: int = 0, **load) -> Allocation:
     """The searched allocation permuted among same-shape modules (see the module docstring)."""
     shapes = module_shapes(targets)
     alloc = load_allocation(targets, from_file, **load)

@@ -8,7 +8,8 @@ prompts, tokenised once by the datamodule), ``settings`` an :class:`EvalSettings
 ``answer_pattern`` (:func:`~guilomo.eval.answer.extract_answer`); a missing or
 malformed answer is wrong. ``mode="loglik"``: every option scored by
 ``sum log p(option | prompt)`` (the prompt's KV cache shared by its options) and the
-best one taken.
+best one taken. ``mode="loss"``: the held-out loss alone (below), for any task: no
+decoding, so it is the cheap choice when only the loss is compared.
 
 With ``options`` (multiple choice / classification) the classes are the option
 positions: the target is ``labels[i]`` when given, else the option that equals the
@@ -40,7 +41,7 @@ from guilomo.eval.metrics import Metrics, NllMeter
 from guilomo.eval.scoring import score_options
 from guilomo.utils.checks import check_bool, check_choice, check_int, get
 
-MODES = ("generate", "loglik")
+MODES = ("generate", "loglik", "loss")
 WHOLE_OUTPUT = r"(?s)^\s*(.*?)\s*$"  # the answer is the whole (stripped) output
 
 
@@ -49,7 +50,8 @@ class EvalSettings:
     """How :func:`evaluate` scores: the run's ``eval`` settings and the task's answer rules.
 
     Args:
-        mode: "generate" (greedy + ``answer_pattern``) or "loglik" (option likelihood).
+        mode: "generate" (greedy + ``answer_pattern``), "loglik" (option likelihood) or
+            "loss" (only the held-out loss ``nll``).
         answer_pattern: regex whose first group is the answer (the task's
             ``TaskSpec.answer_pattern``); default: the whole output.
         metrics: names from :mod:`guilomo.eval.metrics` (the task's ``metrics``).
@@ -129,43 +131,28 @@ def evaluate(
         raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
     if labels is not None and len(labels) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(labels)} labels")
-    if options is None and s.mode == "loglik":
+    if options is None and s.mode == "loglik":  # "loss" works without options
         raise ValueError("mode='loglik' needs options; free-form tasks use mode='generate'")
     if options is None and any(m != "accuracy" for m in s.metrics):
         raise ValueError(f"free-form tasks only support accuracy, not {list(s.metrics)}")
 
-    nll = NllMeter()
     outputs: list[str] | None = None
     if s.mode == "generate":
         outputs = generate(
             model, tokenizer, prompts, s.max_new_tokens, s.batch_size, progress=progress
         )
-
+    scores = None
     if options is None:
-        answers = [extract_answer(o, s.answer_pattern) for o in outputs]
-        preds = [
-            None if a is None else (0 if is_correct(a, g) else 1)
-            for a, g in zip(answers, golds, strict=True)
-        ]
         targets = [0] * len(prompts)
-        tracker = Metrics(["accuracy"], num_classes=2)
-        shown = answers
-        gold = score_options(
-            model,
-            tokenizer,
-            prompts,
-            [[g + gold_suffix] for g in golds],
-            s.batch_size,
-            share_prompt=True,
-        )
-        nll.update([-lp[0] for lp in gold.logprobs], [n[0] for n in gold.num_tokens])
+        gold_texts = [g + gold_suffix for g in golds]
     else:
         options = [list(o) for o in options]
         targets = [
             _target(i, g, o, labels, s.answer_pattern)
             for i, (g, o) in enumerate(zip(golds, options, strict=True))
         ]
-        if s.mode == "loglik":
+        gold_texts = [o[t] for o, t in zip(options, targets, strict=True)]
+        if s.mode == "loglik":  # every option scored: the gold one's score is the loss
             scores = score_options(
                 model,
                 tokenizer,
@@ -175,28 +162,44 @@ def evaluate(
                 share_prompt=True,
                 progress=progress,
             )
+    nll = NllMeter()
+    if scores is not None:
+        nll.update(
+            [-scores.logprobs[i][t] for i, t in enumerate(targets)],
+            [scores.num_tokens[i][t] for i, t in enumerate(targets)],
+        )
+    else:
+        gold = score_options(
+            model,
+            tokenizer,
+            prompts,
+            [[t] for t in gold_texts],
+            s.batch_size,
+            share_prompt=True,
+            progress=progress if s.mode == "loss" else None,
+        )
+        nll.update([-lp[0] for lp in gold.logprobs], [n[0] for n in gold.num_tokens])
+    if s.mode == "loss":  # the held-out loss alone: no decoding, no predictions
+        return {"nll": nll.compute(), "n": nll.examples(), "invalid": 0, "mode": s.mode}
+
+    if options is None:
+        answers = [extract_answer(o, s.answer_pattern) for o in outputs]
+        preds = [
+            None if a is None else (0 if is_correct(a, g) else 1)
+            for a, g in zip(answers, golds, strict=True)
+        ]
+        tracker = Metrics(["accuracy"], num_classes=2)
+        shown = answers
+    else:
+        if s.mode == "loglik":
             preds = scores.predictions()
         else:
-            scores = score_options(
-                model,
-                tokenizer,
-                prompts,
-                [[o[t]] for o, t in zip(options, targets, strict=True)],
-                s.batch_size,
-                share_prompt=True,
-            )
-            targets_scored = [0] * len(targets)
             preds = [
                 option_index(
                     extract_answer(out, s.answer_pattern), option_keys(o, s.answer_pattern)
                 )
                 for out, o in zip(outputs, options, strict=True)
             ]
-        col = targets if s.mode == "loglik" else targets_scored
-        nll.update(
-            [-scores.logprobs[i][c] for i, c in enumerate(col)],
-            [scores.num_tokens[i][c] for i, c in enumerate(col)],
-        )
         if num_classes is None:
             num_classes = max(2, max(len(o) for o in options)) if options else 2
         tracker = Metrics(s.metrics, num_classes=num_classes)

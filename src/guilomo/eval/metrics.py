@@ -132,7 +132,7 @@ class NllMeter:
     """
 
     def __init__(self):
-        self._nll, self._tokens = SumMetric(), SumMetric()
+        self._nll, self._tokens, self._examples = SumMetric(), SumMetric(), SumMetric()
 
     def update(self, nlls: Sequence[float], tokens: Sequence[int]) -> None:
         if len(nlls) != len(tokens):
@@ -141,6 +141,11 @@ class NllMeter:
             raise ValueError("every scored answer must have at least one token")
         self._nll.update(torch.tensor(float(sum(nlls)), dtype=torch.float64))
         self._tokens.update(torch.tensor(float(sum(int(t) for t in tokens)), dtype=torch.float64))
+        self._examples.update(torch.tensor(float(len(tokens)), dtype=torch.float64))
+
+    def examples(self) -> int:
+        """Examples scored (over all processes)."""
+        return int(self._examples.compute())
 
     def compute(self) -> float:
         tokens = float(self._tokens.compute())

@@ -1,8 +1,9 @@
 """Score a model on a datamodule's held-out test split, the way the config asks.
 
 ``mode=loglik`` ranks the options of multiple-choice tasks by log-likelihood;
-``mode=generate`` decodes greedily and reads the answer with the task's regex.
-Free-form tasks always use generation. The prompts are the datamodule's test
+``mode=generate`` decodes greedily and reads the answer with the task's regex;
+``mode=loss`` only scores the held-out loss. Free-form tasks use generation unless the
+mode is ``loss``. The prompts are the datamodule's test
 prompts (``test_data``, what ``test_dataloader`` batches): tokenised, and cut to
 ``cutoff_len`` where the task truncates, exactly as for training. A progress bar named
 ``description`` shows the batches unless ``eval.progress`` is false.
@@ -40,7 +41,7 @@ def evaluate_datamodule(
         )
     examples, prompts = examples[rank::world_size], prompts[rank::world_size]
     settings = EvalSettings(
-        mode=eval_cfg.mode if spec.multiple_choice else "generate",
+        mode=eval_cfg.mode if spec.multiple_choice or eval_cfg.mode == "loss" else "generate",
         answer_pattern=spec.answer_pattern,
         metrics=tuple(spec.metrics),
         batch_size=int(eval_cfg.batch_size),

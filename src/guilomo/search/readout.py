@@ -331,8 +331,14 @@ def spend_budget(
     the search's order between modules; units the credit does not value go where the
     search already put capacity, not to the modules it left at the minimum. Growth is
     capped at the search space (``r_max`` ranks, ``n_max`` experts; the search checks
-    before it starts that the budget fits in it). Returns the allocation and a record for
-    ``meta.budget_fit``."""
+    before it starts that the budget fits in it).
+
+    Growth runs in two tiers so that the order survives the caps: first only the modules
+    the search gave more than the minimum (``MIN_EXPERTS`` experts of rank 1) grow, the
+    others held; only once every one of them is at ``n_max`` experts of rank ``r_max``
+    does the rest of the budget grow the modules left at the minimum. So a module whose
+    credit was noise never ends with more experts or rank than one that needed capacity.
+    Returns the allocation and a record for ``meta.budget_fit``."""
     filled, report = fill_budget(
         allocation, credits, budget, shapes, groups, parsimony=parsimony, needed_only=True
     )
@@ -350,16 +356,51 @@ def spend_budget(
     before = budget.measure(filled, shapes)
     # growth stays inside the search space: no rank above r_max, no count above n_max
     n_max, r_max = (int(n) for n in next(iter(credits.values())).rank.shape)
-    if mode == "experts":
-        scaled = scale_to_budget(filled, budget, shapes, mode="experts", cap=n_max)
-    else:
-        scaled = scale_to_budget(filled, budget, shapes, mode="rank", cap=r_max)
-        room = scaled.total_experts < n_max * len(scaled.modules)
-        if room and budget.measure(scaled, shapes) < budget.value:
-            # every rank at r_max and budget left: more experts, then ranks again
-            scaled = scale_to_budget(scaled, budget, shapes, mode="experts", cap=n_max)
-            scaled = scale_to_budget(scaled, budget, shapes, mode="rank", cap=r_max)
+    floor = (1,) * MIN_EXPERTS
+    needed = [n for n, m in filled.modules.items() if m.ranks != floor]
+    held = [n for n in filled.modules if n not in needed]
+    scaled = filled
+    for tier in (needed, held):
+        if tier and budget.measure(scaled, shapes) < budget.value:
+            scaled = _grow(scaled, tier, budget, shapes, mode, n_max, r_max)
     scaled.meta.pop("scaled", None)
     after = budget.measure(scaled, shapes)
-    record["scaled"] = {"mode": mode, "before": before, "after": after, "caps": [n_max, r_max]}
+    record["scaled"] = {
+        "mode": mode,
+        "before": before,
+        "after": after,
+        "caps": [n_max, r_max],
+        "grew_minimum_modules": any(scaled.modules[n].ranks != floor for n in held),
+    }
     return scaled, record
+
+
+def _grow(
+    alloc: Allocation,
+    tier: Sequence[str],
+    budget: Budget,
+    shapes: Mapping[str, tuple[int, int]],
+    mode: str,
+    n_max: int,
+    r_max: int,
+) -> Allocation:
+    """``alloc`` with only the modules of ``tier`` grown in proportion to spend what the
+    others leave of ``budget`` (ranks to ``r_max``, then experts to ``n_max`` and ranks
+    again; experts alone under an ``experts`` budget)."""
+    fixed = {n: m for n, m in alloc.modules.items() if n not in tier}
+    part = Allocation({n: alloc.modules[n] for n in tier}, alloc.top_k, dict(alloc.meta))
+    sub_shapes = {n: shapes[n] for n in tier}
+    rest = Allocation(fixed, alloc.top_k) if fixed else None
+    left = budget.value - (budget.measure(rest, shapes) if rest is not None else 0)
+    sub = Budget(budget.kind, left)
+    if mode == "experts":
+        part = scale_to_budget(part, sub, sub_shapes, mode="experts", cap=n_max)
+    else:
+        part = scale_to_budget(part, sub, sub_shapes, mode="rank", cap=r_max)
+        room = part.total_experts < n_max * len(part.modules)
+        if room and sub.measure(part, sub_shapes) < sub.value:
+            # every rank at r_max and budget left: more experts, then ranks again
+            part = scale_to_budget(part, sub, sub_shapes, mode="experts", cap=n_max)
+            part = scale_to_budget(part, sub, sub_shapes, mode="rank", cap=r_max)
+    modules = {n: part.modules[n] if n in part.modules else alloc.modules[n] for n in alloc.modules}
+    return Allocation(modules, alloc.top_k, part.meta)
