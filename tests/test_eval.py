@@ -500,7 +500,10 @@ def test_nll_is_the_gold_answers_loss_per_token(model, tokenizer, reference):
         settings=EvalSettings(max_new_tokens=2),
         gold_suffix="!",
     )
-    ref = [reference_scores(model, tokenizer, p, [g + "!"])[0] for p, g in zip(PROMPTS, golds)]
+    ref = [
+        reference_scores(model, tokenizer, p, [g + "!"])[0]
+        for p, g in zip(PROMPTS, golds, strict=True)
+    ]
     n = sum(len(tokenizer(g + "!", add_special_tokens=False)["input_ids"]) for g in golds)
     assert res["nll"] == pytest.approx(-sum(ref) / n, rel=1e-5)
 

@@ -80,7 +80,19 @@ TRAIN_CASES = [
         ConfigError,
         "allocation._target_",
     ),
-    ("rank 1e12", ["allocation=uniform", "allocation.rank=1000000000000"], ConfigError, "GiB"),
+    (
+        "rank 1e12",
+        ["allocation=uniform", "allocation.rank=1000000000000"],
+        AllocationError,
+        "no rank above 64 adds capacity",
+    ),
+    (
+        "rank 64 x 1e5 experts",
+        ["allocation=uniform", "allocation.experts=100000", "allocation.rank=64"],
+        ConfigError,
+        "GiB",
+    ),
+    ("rank above width", ["allocation=uniform", "allocation.rank=65"], AllocationError, "rank 65"),
     (
         "experts float",
         ["allocation=uniform", "allocation.experts=2.5"],

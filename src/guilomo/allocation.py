@@ -24,6 +24,10 @@ from guilomo.utils.io import atomic_write_text
 FORMAT = "guilomo.allocation/1"
 
 
+# an allocation.json of a 7B model with its search record is well under 1 MB
+MAX_FILE_BYTES = 16 * 2**20
+
+
 class AllocationError(ValueError):
     """An allocation that is malformed or does not fit the model it is used with."""
 
@@ -146,6 +150,20 @@ class Allocation:
                 "same backbone, or make a new allocation for this one."
             )
 
+    def check_ranks(self, shapes: Mapping[str, tuple[int, int]]) -> None:
+        """Raise if an expert's rank exceeds ``min(d_in, d_out)`` of its module: ranks beyond
+        the layer's width add parameters (and memory) but no capacity."""
+        for name, m in self.modules.items():
+            if name not in shapes:
+                continue
+            width = min(int(d) for d in shapes[name])
+            if max(m.ranks) > width:
+                raise AllocationError(
+                    f"module '{name}' has an expert of rank {max(m.ranks)} but the layer is "
+                    f"{shapes[name][0]} -> {shapes[name][1]}, so no rank above {width} adds "
+                    "capacity: lower the rank (allocation.rank), or the budget"
+                )
+
     def check_backbone(self, backbone_id: str | None, num_layers: int | None = None) -> None:
         """Raise if the metadata says the allocation was made for another backbone."""
         made_for = self.meta.get("backbone")
@@ -199,6 +217,13 @@ class Allocation:
             raise AllocationError(
                 f"allocation file {path} not found: pass the allocation.json written by "
                 "search.py (printed at its end), or choose a baseline allocation"
+            )
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise AllocationError(
+                f"allocation file {path} is {size / 2**20:.0f} MB, more than an allocation "
+                f"file holds ({MAX_FILE_BYTES // 2**20} MB at most): pass the allocation.json "
+                "written by search.py"
             )
         try:
             data = json.loads(path.read_text(), object_pairs_hook=no_duplicate_keys)

@@ -162,7 +162,24 @@ def check_config(spec) -> None:
         raise ConfigError(f"budget={spec!r} must be a config group (budget=params budget.value=N)")
     kind = spec.get("kind", "none")
     check_choice("budget.kind", kind, (*KINDS, "match"))
-    if kind != "none" and spec.get("path") is None:
+    path = spec.get("path")
+    if "path" in spec and path is None and spec.get("value") is None:  # budget=match
+        raise ConfigError(
+            "budget=match reads the size to match from an allocation file, and none is set: "
+            "pass searched=<allocation.json> (or budget.path=<allocation.json>), or use "
+            "budget=params budget.value=N"
+        )
+    if path is not None:
+        if not Path(str(path)).is_file():
+            raise ConfigError(
+                f"budget.path={path} does not exist: give the allocation.json whose size to "
+                "match (searched=<allocation.json> sets it)"
+            )
+        try:
+            Allocation.load(path)
+        except AllocationError as e:
+            raise ConfigError(f"budget.path={path} is not a valid allocation file: {e}") from e
+    elif kind != "none":
         check_int("budget.value", spec.get("value"), 1)
 
 

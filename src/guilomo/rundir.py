@@ -13,21 +13,32 @@
 - :class:`RunDirCallback` (a Hydra callback in ``conf/hydra/default.yaml``) claims the
   folder before Hydra writes into it and turns an unwritable ``hydra.run.dir`` into an
   error naming the key; the run functions claim again (a no-op under Hydra) so direct
-  API calls are covered too.
+  API calls are covered too. For a single run it also runs the stage's validator (the
+  ``validators`` entry named by ``hydra.job.name``, a dotted path) before Hydra writes
+  its ``.hydra/`` record and job log: a run refused for a user error leaves every byte
+  of an existing folder (a finished run, say) as it was. The run functions validate
+  again, so errors that are bugs rather than user input surface there with a traceback.
 """
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import os
 import secrets
 import sys
+import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from guilomo.utils.errors import USER_ERRORS, UserError
 
 LOCK_FILE = ".guilomo.lock"
 ENV_CLAIMED = "GUILOMO_RUN_DIR"  # set by the holder; its child processes share the folder
@@ -35,7 +46,7 @@ ENV_CLAIMED = "GUILOMO_RUN_DIR"  # set by the holder; its child processes share 
 _held: dict[str, int] = {}  # folder -> open lock file descriptor, in this process
 
 
-class RunDirInUse(RuntimeError):
+class RunDirInUse(UserError, RuntimeError):
     """Another live run writes into this folder."""
 
 
@@ -94,13 +105,22 @@ def _refuse(e: Exception | str) -> None:
 
 
 class RunDirCallback(Callback):
-    """Claim the run folder before Hydra writes into it (single runs and multirun jobs)."""
+    """Claim the run folder before Hydra writes into it (single runs and multirun jobs);
+    validate a single run's config first (see the module docstring)."""
+
+    def __init__(self, validators: Mapping[str, str] | None = None):
+        self.validators = dict(validators or {})
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(str(config.hydra.run.dir))
+        new = not folder.exists()
         try:
-            claim(str(config.hydra.run.dir), key="hydra.run.dir")
+            claim(folder, key="hydra.run.dir")
         except RunDirInUse as e:
             _refuse(e)
+        target = self.validators.get(str(config.hydra.job.name))
+        if target:
+            _validate_job(config, get_method(target), folder if new else None)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(str(config.hydra.sweep.dir))
@@ -121,3 +141,28 @@ class RunDirCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
             release(config.hydra.runtime.output_dir)
+
+
+def _validate_job(config: DictConfig, validate, created: Path | None) -> None:
+    """Run ``validate`` on the job's config as the run will see it (``hydra:`` resolvers
+    answer as they will in the job) and refuse the run on a user error, removing the
+    folder ``created`` for it if the check left nothing but the lock there."""
+    job = copy.deepcopy(config)
+    with open_dict(job):
+        job.hydra.runtime.output_dir = os.path.abspath(str(job.hydra.run.dir))
+    HydraConfig.instance().set_config(job)  # Hydra sets it again when the job starts
+    task = copy.deepcopy(job)
+    with open_dict(task):
+        del task["hydra"]
+    try:
+        validate(task)
+    except USER_ERRORS as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            traceback.print_exc()
+        if created is not None:
+            release(created)
+            leftovers = [p for p in created.iterdir() if p.name != LOCK_FILE]
+            if not leftovers:
+                (created / LOCK_FILE).unlink(missing_ok=True)
+                created.rmdir()
+        _refuse(e)

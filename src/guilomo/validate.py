@@ -21,6 +21,8 @@ hands its checks in as a :class:`StageChecks`.
 
 from __future__ import annotations
 
+import fnmatch
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,18 +30,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import Trainer
 from omegaconf import DictConfig
 from torch import nn
 
 from guilomo.allocation import AllocationError
 from guilomo.backbone import backbone_skeleton
 from guilomo.budget import check_config as check_budget
+from guilomo.data.checks import check_task_data
 from guilomo.moe import LoraMoEConfig, find_targets
 from guilomo.rundir import claim
 from guilomo.utils.checks import (
     ConfigError,
     check_bool,
     check_int,
+    check_known,
     check_real,
     get,
     is_int,
@@ -67,12 +72,14 @@ class StageChecks:
     files: tuple[str, ...]
     values: Callable[[DictConfig], Any]
     model: Callable[[DictConfig, Any, nn.Module, dict], dict]
+    scalars: tuple[str, ...] = ()  # the scalars it logs (fnmatch patterns): optimized_metric
 
 
 def validate_stage(cfg: DictConfig, stage: StageChecks) -> Any:
     """Every check of ``stage`` that needs no weights; raises before the backbone loads.
     Returns what ``stage.values`` returned."""
     check_common(cfg)
+    check_optimized_metric(get(cfg, "optimized_metric", None), stage.scalars)
     values = stage.values(cfg)
     check_output_dir(cfg, stage.result, stage.dirs, stage.files)
     meta = load_checkpoint_meta(cfg, stage.name)
@@ -86,7 +93,18 @@ def validate_stage(cfg: DictConfig, stage: StageChecks) -> Any:
 
 
 # -- the values both stages read ------------------------------------------------------------
+# the top-level keys of train.py and search.py configs (conf/train.yaml, conf/search.yaml
+# and what their groups and experiment files add); anything else is a typo
+TOP_KEYS = (
+    "adapter", "allocation", "backbone", "budget", "callbacks", "chain", "ckpt_path",
+    "eval", "gradient_checkpointing", "layers", "logger", "optim", "optimized_metric",
+    "paths", "save_adapter", "search", "searched", "seed", "sparse_logits", "task",
+    "task_name", "trainer",
+)  # fmt: skip
+
+
 def check_common(cfg: DictConfig) -> None:
+    check_known("", list(cfg.keys()), TOP_KEYS)
     check_int("seed", get(cfg, "seed"))
     check_bool("gradient_checkpointing", get(cfg, "gradient_checkpointing", False))
     check_int(
@@ -117,9 +135,34 @@ def check_common(cfg: DictConfig) -> None:
     check_trainer(cfg)
     LoraMoEConfig.from_config(get(cfg, "adapter"))
     check_budget(get(cfg, "budget", None))
+    splits = [get(cfg, f"{dm}.train_split", "train")]
+    splits += [
+        s for s in (get(cfg, f"{dm}.val_split", None), get(cfg, f"{dm}.test_split", None)) if s
+    ]
+    check_task_data(get(cfg, f"{dm}.task"), get(cfg, f"{dm}.task_kwargs", None), splits)
+
+
+def check_optimized_metric(name, patterns: tuple[str, ...]) -> None:
+    """``optimized_metric`` names a scalar the stage logs (checked before the run, not after)."""
+    if name is None or not patterns:
+        return
+    if not isinstance(name, str) or not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+        raise ConfigError(
+            f"optimized_metric={name!r} is not a scalar this stage logs: choose one matching "
+            f"{', '.join(patterns)}"
+        )
 
 
 def check_trainer(cfg: DictConfig) -> None:
+    trainer = get(cfg, "trainer", {}) or {}
+    known = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+    check_known("trainer", [k for k in trainer if not str(k).startswith("_")], known)
+    accelerator = str(get(cfg, "trainer.accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but this machine has no CUDA GPU: use "
+            "trainer=cpu (or run on a GPU machine)"
+        )
     steps, epochs = get(cfg, "trainer.max_steps", -1), get(cfg, "trainer.max_epochs", None)
     check_int("trainer.max_steps", steps, -1, none_ok=True)
     check_int("trainer.max_epochs", epochs, -1, none_ok=True)

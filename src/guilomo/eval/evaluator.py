@@ -39,9 +39,11 @@ from guilomo.eval.answer import extract_answer, is_correct, option_index, option
 from guilomo.eval.generate import generate
 from guilomo.eval.metrics import Metrics, NllMeter
 from guilomo.eval.scoring import score_options
-from guilomo.utils.checks import check_bool, check_choice, check_int, get
+from guilomo.utils.checks import check_bool, check_choice, check_int, check_known, get
 
 MODES = ("generate", "loglik", "loss")
+# the keys of a run's eval config (conf/train.yaml)
+EVAL_KEYS = ("mode", "zero_shot", "batch_size", "max_new_tokens", "option_eos", "limit", "progress")
 WHOLE_OUTPUT = r"(?s)^\s*(.*?)\s*$"  # the answer is the whole (stripped) output
 
 
@@ -75,6 +77,7 @@ class EvalSettings:
 
 def check_eval_config(cfg) -> None:
     """The run's ``eval.*`` values (a ConfigError naming the key and the fix)."""
+    check_known("eval", list(get(cfg, "eval", {}) or {}), EVAL_KEYS)
     check_choice("eval.mode", get(cfg, "eval.mode"), MODES)
     check_int("eval.batch_size", get(cfg, "eval.batch_size"), 1)
     check_int("eval.max_new_tokens", get(cfg, "eval.max_new_tokens"), 1)

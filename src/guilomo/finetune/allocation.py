@@ -65,6 +65,7 @@ def resolve_allocation(
     shapes = module_shapes(targets)
     budget = build_budget(cfg, shapes) if budget is None else budget
     alloc = build_allocation(cfg.allocation, targets, num_layers, budget)
+    alloc.check_ranks(shapes)
     run = {
         "method": alloc.method,
         "backbone": cfg.backbone.id,

@@ -66,6 +66,7 @@ TRAIN = StageChecks(
     files=("metrics.json", "allocation.json"),
     values=check_values,
     model=check_model,
+    scalars=("test/zero_shot/*", "test/finetuned/*", "val/*", "model/*", "budget/*", "alloc/*"),
 )
 
 

@@ -87,6 +87,7 @@ SEARCH = StageChecks(
     files=("allocation.json", "allocation_heatmap.png"),
     values=check_settings,
     model=check_model,
+    scalars=("val/*", "search/*", "model/*", "budget/*", "alloc/*"),
 )
 
 

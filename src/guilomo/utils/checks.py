@@ -8,6 +8,7 @@ errors are :class:`ConfigError`.
 
 from __future__ import annotations
 
+import difflib
 import math
 import types
 import typing
@@ -115,3 +116,19 @@ def check_fields(prefix: str, cls, data: dict) -> None:
         elif typing.get_origin(base) is tuple:
             if not (isinstance(v, (list, tuple)) and all(is_real(x) for x in v)):
                 raise ConfigError(f"{key}={v!r} must be a list of finite numbers")
+
+
+def check_known(prefix: str, keys, known) -> None:
+    """Every key of ``keys`` is in ``known`` (a misspelt ``+seeed=3`` would otherwise be
+    silently ignored); the error names the key, the closest known one and the rest."""
+    unknown = [k for k in keys if k not in known]
+    if not unknown:
+        return
+    key = unknown[0]
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    where = f"{prefix}.{key}" if prefix else str(key)
+    raise ConfigError(
+        f"unknown key '{where}': {hint}known keys{' of ' + prefix if prefix else ''}: "
+        f"{', '.join(sorted(map(str, known)))}"
+    )

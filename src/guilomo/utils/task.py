@@ -9,7 +9,12 @@ One job of a Hydra run or multirun is one call of a wrapped run function:
   run of its own, and a later job's failure never closes an earlier job's good run;
 - an exception is written to the job's log (Hydra's ``<job name>.log``) and into the
   W&B run (summary ``error/type``, ``error/message``, ``error/traceback``, exit code
-  1), then re-raised.
+  1), then re-raised;
+- a user error (:data:`guilomo.utils.errors.USER_ERRORS`: bad input, whose message names
+  the key and the fix) is one line, ``Error: <message>``, with no traceback: a single run
+  exits with code 1, a multirun job logs the line and fails (Hydra goes on with the
+  other jobs). ``HYDRA_FULL_ERROR=1`` shows the traceback as for any other error;
+- Ctrl-C (SIGINT) ends with where the last checkpoint is and how to resume from it.
 
 ``metric_value`` is what ``main()`` returns to a sweeper: the scalar named by
 ``optimized_metric`` (see ``conf/hparams_search/``) among the run's ``scalars`` (the
@@ -21,11 +26,17 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import traceback
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from guilomo.utils.errors import USER_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +96,28 @@ def task_wrapper(fn: Callable) -> Callable:
         failed = False
         try:
             return fn(cfg, *args, **kwargs)
+        except USER_ERRORS as exc:
+            failed = True
+            _record(before, exc)
+            mode = _hydra_mode(cfg)
+            if mode is None or os.environ.get("HYDRA_FULL_ERROR") == "1":  # API call, or asked
+                log.exception("%s failed: %s: %s", fn.__name__, type(exc).__name__, exc)
+                raise
+            if mode == RunMode.RUN:
+                print(f"Error: {exc}", file=sys.stderr)
+                raise SystemExit(1) from None
+            log.error("Error: %s", exc)
+            raise
+        except KeyboardInterrupt:
+            failed = True
+            if _hydra_mode(cfg) is None:
+                raise
+            print(_resume_hint(cfg), file=sys.stderr)
+            raise SystemExit(130) from None
         except BaseException as exc:
             failed = True
             log.exception("%s failed: %s: %s", fn.__name__, type(exc).__name__, exc)
-            run = _current_wandb_run()
-            if run is not None and run is not before:
-                _record_failure(run, exc)
+            _record(before, exc)
             raise
         finally:
             run = _current_wandb_run()
@@ -98,6 +125,44 @@ def task_wrapper(fn: Callable) -> Callable:
                 run.finish(exit_code=1 if failed else 0)
 
     return wrap
+
+
+def _record(before, exc: BaseException) -> None:
+    """The error into the W&B run this job started (not a caller's own run ``before``)."""
+    run = _current_wandb_run()
+    if run is not None and run is not before:
+        _record_failure(run, exc)
+
+
+def _hydra_mode(cfg) -> RunMode | None:
+    """RUN or MULTIRUN when ``cfg`` is the config of the Hydra job running now (launched
+    from the command line: its output folder is the job's); else None (an API call)."""
+    if not HydraConfig.initialized():
+        return None
+    try:
+        hc = HydraConfig.get()
+        job_dir = os.path.abspath(str(hc.runtime.output_dir))
+        mine = os.path.abspath(str(cfg.paths.output_dir)) == job_dir
+    except Exception:  # composed without a job (the compose API), or no paths
+        return None
+    return hc.mode if mine else None
+
+
+def _resume_hint(cfg) -> str:
+    """Where the last checkpoint of an interrupted run is, and the command to resume."""
+    try:
+        out = Path(str(cfg.paths.output_dir))
+    except Exception:  # a config without paths (a direct API call)
+        return "interrupted"
+    ckpts = sorted((out / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not ckpts:
+        return f"interrupted: no checkpoint was written yet in {out} (nothing to resume)"
+    script = "search.py" if str(cfg.get("task_name")) == "search" else "train.py"
+    overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
+    return (
+        f"interrupted; the last checkpoint is {ckpts[-1]}\nresume with: python {script} "
+        f"{overrides} hydra.run.dir={out} ckpt_path={ckpts[-1]}".replace("  ", " ")
+    )
 
 
 def metric_value(scalars: Mapping[str, float], name: str | None) -> float | None:
