@@ -14,6 +14,8 @@
   folder before Hydra writes into it and turns an unwritable ``hydra.run.dir`` into an
   error naming the key; the run functions claim again (a no-op under Hydra) so direct
   API calls are covered too.
+- :func:`run_folder_of` finds the run folder an adapter lies in (``<run>/adapter``), so
+  the adapter tools never replace a run's files.
 """
 
 from __future__ import annotations
@@ -74,6 +76,15 @@ def claim(folder: str | os.PathLike, key: str = "paths.output_dir") -> Path:
     _held[name] = fd
     os.environ[ENV_CLAIMED] = name
     return path
+
+
+def run_folder_of(path: str | os.PathLike) -> Path | None:
+    """The folder holding ``path`` (``<run>/adapter``) if it is a run's: it has a lock
+    file or a ``.hydra`` folder."""
+    folder = Path(path).expanduser().resolve().parent
+    if (folder / LOCK_FILE).exists() or (folder / ".hydra").is_dir():
+        return folder
+    return None
 
 
 def release(folder: str | os.PathLike) -> None:
