@@ -4,6 +4,7 @@ the environment of tests that start ``train.py`` / ``search.py`` as processes.""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -131,6 +132,22 @@ def make(path, kind=mixed, config=None, seed=1, zero_router=False, **kw):
     record = backbone_record(TINY, "tiny_llama", model)
     save_adapter(model, path, alloc, config, backbone=record, tokenizer=tok, task=TASK)
     return model.eval(), tok
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path under ``root`` -> its kind and content hash (files), target (links)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = f"link:{os.readlink(p)}"
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = "file:" + hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
 
 
 def loader_must_not_run(**kwargs):

@@ -11,15 +11,13 @@ folder or file) is written whole, through a temporary sibling renamed into place
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, SUBPROCESS_ENV, make, single
+from helpers import ROOT, SUBPROCESS_ENV, make, single, tree
 
 from guilomo.moe.io import CONFIG_FILE
 from guilomo.tools import export_peft, generate, merge
@@ -29,22 +27,6 @@ from guilomo.utils.io import staged_folder
 TOOLS = {"export_peft": export_peft, "merge": merge, "generate": generate}
 NEW_FOLDER = "choose a path outside it"
 OVERWRITE = "pass overwrite=true"
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every path under ``root`` -> its kind and content hash (files), target (links)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = f"link:{os.readlink(p)}"
-            elif p.is_dir():
-                out[rel] = "dir"
-            else:
-                out[rel] = "file:" + hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
