@@ -20,7 +20,7 @@ import pytest
 from helpers import ROOT, SUBPROCESS_ENV, make, single, tree
 
 from guilomo.moe.io import CONFIG_FILE
-from guilomo.tools import export_peft, generate, merge
+from guilomo.tools import export_peft, generate, merge, push
 from guilomo.utils.cli import run
 from guilomo.utils.io import staged_folder
 
@@ -199,3 +199,10 @@ def test_staged_folder_renames_into_place(tmp_path, existing):
         assert tmp.parent == tmp_path and tmp != out
         (tmp / "new.txt").write_text("new")
     assert tree(tmp_path) == {"out": "dir", "out/new.txt": tree(out)["new.txt"]}
+
+
+@pytest.mark.parametrize("module", [export_peft, generate, merge, push])
+def test_help_prints_the_usage_and_exits_0(module, capsys):
+    with pytest.raises(SystemExit) as e:
+        module.main(["adapter=x", "--help"])
+    assert e.value.code == 0 and capsys.readouterr().out == module.USAGE + "\n"
