@@ -1,9 +1,10 @@
 """Builders shared by the allocation / LoRA-MoE tests: a tiny random LLaMA, random
-heterogeneous allocations, and adapters with non-trivial weights; the repo root and
+heterogeneous allocations, adapters with non-trivial weights, saved adapter folders; the repo root and
 the environment of tests that start ``train.py`` / ``search.py`` as processes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -13,7 +14,9 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from guilomo.allocation import Allocation, ModuleAllocation
-from guilomo.moe import LoraMoELinear, adapter_modules
+from guilomo.backbone import load_backbone
+from guilomo.moe import LoraMoEConfig, LoraMoELinear, adapter_modules, inject_adapter, save_adapter
+from guilomo.moe.provenance import backbone_record
 
 ROOT = Path(__file__).resolve().parents[1]
 # offline, one thread per process (two of them share the 2 cores), tests/ importable
@@ -88,6 +91,63 @@ def randomize_adapter(model_or_layer: nn.Module, seed: int = 0, std: float = 0.2
 def input_ids(batch: int = 2, seq: int = 7, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (batch, seq), generator=g)
+
+
+TINY = {"name": "tiny-llama", "source": "tiny", "tiny": {"seed": 0}}
+TASK = {"id": "chatterbot_topic", "template": "alpaca", "instruction": "Which topic is it?"}
+
+
+def base(seed: int = 0):
+    return load_backbone("tiny-llama", source="tiny", tiny={"seed": seed})
+
+
+def mixed(names: list[str], top_k_all: bool = False) -> dict[str, ModuleAllocation]:
+    """Every third module one expert (ranks 1..4), the others 2-3 experts."""
+    out = {}
+    for i, n in enumerate(names):
+        ranks = (1 + i % 4,) if i % 3 == 0 else tuple(1 + (i + j) % 4 for j in range(2 + i % 2))
+        out[n] = ModuleAllocation(ranks, top_k=len(ranks) if top_k_all else None)
+    return out
+
+
+def single(names: list[str]) -> dict[str, ModuleAllocation]:
+    return {n: ModuleAllocation((1 + i % 4,)) for i, n in enumerate(names)}
+
+
+def make(path, kind=mixed, config=None, seed=1, zero_router=False, **kw):
+    """A saved adapter on the tiny backbone; returns the in-memory model (eval) and tokenizer."""
+    model, tok = base()
+    alloc = Allocation(kind(linear_names(model), **kw), top_k=2, meta={"backbone": "tiny_llama"})
+    config = config or LoraMoEConfig(alpha=12.0)
+    with torch.random.fork_rng(devices=[]):  # the init of A draws from the global RNG
+        torch.manual_seed(seed)
+        inject_adapter(model, alloc, config)
+    # B of the scale of the base weights: a larger one makes a badly conditioned model
+    # whose fp32 rounding alone moves logits by more than the 1e-5 the checks allow
+    randomize_adapter(model, seed=seed, std=0.05)
+    if zero_router:
+        for m in adapter_modules(model).values():
+            if m.router is not None:
+                m.router.data.zero_()
+    record = backbone_record(TINY, "tiny_llama", model)
+    save_adapter(model, path, alloc, config, backbone=record, tokenizer=tok, task=TASK)
+    return model.eval(), tok
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path under ``root`` -> its kind and content hash (files), target (links)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = f"link:{os.readlink(p)}"
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = "file:" + hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
 
 
 def loader_must_not_run(**kwargs):

@@ -1,4 +1,5 @@
-"""guilomo.results on fixture runs: grouping, mean ± std, CSV, and unreadable runs."""
+"""guilomo.results on fixture runs: grouping, mean ± std, CSV, unreadable runs, runs left
+out for want of the metric, and refused --metric / --stage / --paired."""
 
 import csv
 import json
@@ -6,6 +7,7 @@ import math
 import warnings
 
 import pytest
+from helpers import tree
 from run_fixtures import METHODS, SEEDS, TASKS, make_runs
 
 from guilomo import results
@@ -106,3 +108,57 @@ def test_single_run_has_no_spread(tmp_path):
     assert not any("± " in ln for ln in results.markdown(rows).splitlines() if ln.startswith("| "))
     data = json.loads((runs[0].path / "metrics.json").read_text())
     assert runs[0].value() == data["metrics"]["finetuned"]["accuracy"]
+
+
+def _with_nll(root, method: str = "guilomo") -> list[str]:
+    """Give ``method``'s runs a finetuned nll; returns the folders of the runs without it."""
+    without = []
+    for path in sorted((root / "multirun").glob("*/metrics.json")):
+        if path.parent.name == "corrupt":
+            continue
+        data = json.loads(path.read_text())
+        if data.get("method") == method:
+            data["metrics"]["finetuned"]["nll"] = 1.5
+            path.write_text(json.dumps(data))
+        else:
+            without.append(str(path.parent))
+    return without
+
+
+def test_runs_without_the_metric_are_counted_and_named(tmp_path, capsys):
+    make_runs(tmp_path)
+    without = _with_nll(tmp_path)
+    argv = [str(tmp_path), "--metric", "nll", "--csv", ""]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", results.ResultsWarning)
+        assert results.main(argv) == 0
+        head = capsys.readouterr().out.splitlines()[0]
+        assert results.main([*argv[:-2], "--metric", "accuracy", "--csv", ""]) == 0
+    assert head.startswith(f"18 runs; {len(without)} left out of the table, no finetuned/nll")
+    assert len(without) == 12 and all(w in head for w in without[:5]) and "and 7 more" in head
+    assert capsys.readouterr().out.splitlines()[0] == "18 runs"  # none left out
+
+
+@pytest.mark.parametrize(
+    "args, key, present",
+    [
+        (["--metric", "acuracy"], "--metric acuracy", "accuracy, n, nll"),
+        (["--metric", "nll", "--stage", "zero_shot"], "--metric nll", "accuracy, n"),
+        (["--stage", "finetund"], "--stage finetund", "finetuned, zero_shot"),
+        (["--stage", "search"], "--stage search", "finetuned, zero_shot"),
+        (["--paired", "guilomoo"], "--paired guilomoo", "lora, mola_2468, guilomo"),
+        (["--paired", "zero_shot"], "--paired zero_shot", "lora, mola_2468, guilomo"),
+    ],
+)
+def test_unknown_request_is_refused_with_what_is_present(tmp_path, args, key, present):
+    make_runs(tmp_path / "runs")
+    _with_nll(tmp_path / "runs")
+    csv_path = tmp_path / "table.csv"
+    before = tree(tmp_path)
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as e:
+        warnings.simplefilter("ignore", results.ResultsWarning)
+        results.main([str(tmp_path / "runs"), *args, "--csv", str(csv_path)])
+    message = e.value.code  # a str: printed on stderr, exit status 1
+    assert isinstance(message, str) and message.startswith(f"error: {key}:")
+    assert "\n" not in message and message.endswith(f"present: {present}")
+    assert tree(tmp_path) == before and not csv_path.exists()

@@ -10,68 +10,29 @@ import logging
 
 import pytest
 import torch
-from helpers import linear_names, randomize_adapter
+from helpers import TASK, TINY, base, linear_names, make, mixed, single
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from guilomo import from_pretrained
-from guilomo.allocation import Allocation, AllocationError, ModuleAllocation
-from guilomo.backbone import load_backbone
+from guilomo.allocation import Allocation, AllocationError
+from guilomo.data.prompts import render_prompts
 from guilomo.data.templates import get_template
-from guilomo.export_peft import export_peft
-from guilomo.export_peft import main as export_main
-from guilomo.generate import main as generate_main
-from guilomo.generate import render_prompts
+from guilomo.eval.collapse import collapse_measured
 from guilomo.hub import push_to_hub, upload_files
-from guilomo.merge import collapse_measured, merge_model
-from guilomo.merge import main as merge_main
 from guilomo.moe import LoraMoEConfig, adapter_modules, inject_adapter, load_adapter, save_adapter
 from guilomo.moe.collapse import collapse, constant_gates
 from guilomo.moe.io import CONFIG_FILE, PEFT_TYPE, WEIGHTS_FILE, save_model_card
+from guilomo.moe.merge import merge_model
+from guilomo.moe.peft_export import export_peft
 from guilomo.moe.provenance import OVERRIDE, BaseMismatchError, backbone_record
-from guilomo.push import main as push_main
+from guilomo.tools.export_peft import main as export_main
+from guilomo.tools.generate import main as generate_main
+from guilomo.tools.merge import main as merge_main
+from guilomo.tools.push import main as push_main
 
-TINY = {"name": "tiny-llama", "source": "tiny", "tiny": {"seed": 0}}
-TASK = {"id": "chatterbot_topic", "template": "alpaca", "instruction": "Which topic is it?"}
 TOL = dict(atol=1e-5, rtol=0)
-
-
-def base(seed: int = 0):
-    return load_backbone("tiny-llama", source="tiny", tiny={"seed": seed})
-
-
-def mixed(names: list[str], top_k_all: bool = False) -> dict[str, ModuleAllocation]:
-    """Every third module one expert (ranks 1..4), the others 2-3 experts."""
-    out = {}
-    for i, n in enumerate(names):
-        ranks = (1 + i % 4,) if i % 3 == 0 else tuple(1 + (i + j) % 4 for j in range(2 + i % 2))
-        out[n] = ModuleAllocation(ranks, top_k=len(ranks) if top_k_all else None)
-    return out
-
-
-def single(names: list[str]) -> dict[str, ModuleAllocation]:
-    return {n: ModuleAllocation((1 + i % 4,)) for i, n in enumerate(names)}
-
-
-def make(path, kind=mixed, config=None, seed=1, zero_router=False, **kw):
-    """A saved adapter on the tiny backbone; returns the in-memory model (eval) and tokenizer."""
-    model, tok = base()
-    alloc = Allocation(kind(linear_names(model), **kw), top_k=2, meta={"backbone": "tiny_llama"})
-    config = config or LoraMoEConfig(alpha=12.0)
-    with torch.random.fork_rng(devices=[]):  # the init of A draws from the global RNG
-        torch.manual_seed(seed)
-        inject_adapter(model, alloc, config)
-    # B of the scale of the base weights: a larger one makes a badly conditioned model
-    # whose fp32 rounding alone moves logits by more than the 1e-5 the checks allow
-    randomize_adapter(model, seed=seed, std=0.05)
-    if zero_router:
-        for m in adapter_modules(model).values():
-            if m.router is not None:
-                m.router.data.zero_()
-    record = backbone_record(TINY, "tiny_llama", model)
-    save_adapter(model, path, alloc, config, backbone=record, tokenizer=tok, task=TASK)
-    return model.eval(), tok
 
 
 def config_of(path) -> dict:

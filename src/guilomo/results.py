@@ -6,7 +6,10 @@
 Every folder under the given ones that holds a ``metrics.json`` (written by
 ``train.py``) is a run. A fine-tune run folder (its ``.hydra/config.yaml`` has an
 ``allocation``) without ``metrics.json``, and a ``metrics.json`` that is not valid
-JSON or lacks the fields below, are skipped with a warning naming the file. Search
+JSON or lacks the fields below, are skipped with a warning naming the file; runs that
+lack the requested ``--stage``/``--metric`` are counted and named in the header line. A
+``--stage``, ``--metric`` or ``--paired`` method that no run has is refused with the
+list of those present (:func:`check_request`). Search
 run folders (their ``metrics.json`` says ``"stage": "search"``) are not runs of the table (their time is carried by the fine-tune runs
 that used their allocation).
 
@@ -478,6 +481,52 @@ def paired_markdown(rows: Sequence[dict], reference: str) -> str:
     return "\n".join(lines)
 
 
+def present(runs: Sequence[Run], stage: str | None = None) -> list[str]:
+    """The stages the runs record (``stage=None``), or the metrics they record at ``stage``."""
+    if stage is None:
+        found = {k for r in runs for k, v in r.metrics.items() if isinstance(v, dict)}
+    else:
+        found = {
+            m for r in runs for m in r.metrics.get(stage) or {} if r.value(m, stage) is not None
+        }
+    return sorted(found)
+
+
+def check_request(
+    runs: Sequence[Run], metric: str, stage: str, reference: str | None = None
+) -> None:
+    """A ``ValueError`` (one line, listing what the runs have) for a ``--stage``, ``--metric``
+    or ``--paired`` method no run has; nothing to check without runs."""
+    if not runs:
+        return
+    stages = present(runs)
+    if stage not in stages:
+        raise ValueError(f"--stage {stage}: no run has it; stages present: {', '.join(stages)}")
+    metrics = present(runs, stage)
+    if metric not in metrics:
+        raise ValueError(
+            f"--metric {metric}: no run records it at stage {stage}; metrics present: "
+            + ", ".join(metrics)
+        )
+    methods = sorted({r.method for r in runs}, key=_method_key)
+    if reference is not None and reference not in methods:
+        raise ValueError(
+            f"--paired {reference}: no run has this method; methods present: {', '.join(methods)}"
+        )
+
+
+def header(runs: Sequence[Run], metric: str, stage: str, show: int = 5) -> str:
+    """``N runs``, and the runs left out for want of ``stage/metric`` (counted and named)."""
+    left = [str(r.path) for r in runs if r.value(metric, stage) is None]
+    if not left:
+        return f"{len(runs)} runs"
+    more = f" and {len(left) - show} more" if len(left) > show else ""
+    return (
+        f"{len(runs)} runs; {len(left)} left out of the table, no {stage}/{metric} in their "
+        f"{METRICS_FILE}: {', '.join(left[:show])}{more}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m guilomo.results",
@@ -495,8 +544,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     runs = collect(args.dirs)
+    try:
+        check_request(runs, args.metric, args.stage, args.paired)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     rows = summarise(runs, args.metric, args.stage)
-    print(f"{len(runs)} runs")
+    print(header(runs, args.metric, args.stage))
     print(markdown(rows))
     if args.paired:
         print()

@@ -18,6 +18,8 @@
   its ``.hydra/`` record and job log: a run refused for a user error leaves every byte
   of an existing folder (a finished run, say) as it was. The run functions validate
   again, so errors that are bugs rather than user input surface there with a traceback.
+- :func:`run_folder_of` finds the run folder an adapter lies in (``<run>/adapter``), so
+  the adapter tools never replace a run's files.
 """
 
 from __future__ import annotations
@@ -85,6 +87,15 @@ def claim(folder: str | os.PathLike, key: str = "paths.output_dir") -> Path:
     _held[name] = fd
     os.environ[ENV_CLAIMED] = name
     return path
+
+
+def run_folder_of(path: str | os.PathLike) -> Path | None:
+    """The folder holding ``path`` (``<run>/adapter``) if it is a run's: it has a lock
+    file or a ``.hydra`` folder."""
+    folder = Path(path).expanduser().resolve().parent
+    if (folder / LOCK_FILE).exists() or (folder / ".hydra").is_dir():
+        return folder
+    return None
 
 
 def release(folder: str | os.PathLike) -> None:

@@ -4,7 +4,8 @@ Hydra-like syntax without Hydra's run folders: every argument is ``key=value``; 
 value is converted to the type of the key's default (``int``, ``float``, ``bool``:
 true/false/1/0/yes/no; ``null``/``none`` for a key whose default is ``None``
 becomes ``None``, any other text stays text, so a prompt like ``prompt=Question: yes``
-is kept as typed). Unknown keys and malformed arguments stop with the usage text;
+is kept as typed). ``--help`` (or ``-h``) prints the usage text and exits 0. Unknown
+keys and malformed arguments stop with the usage text;
 :func:`run` turns the commands' input errors into one-line messages (no traceback).
 """
 
@@ -18,6 +19,9 @@ TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 def parse_args(argv: Sequence[str], defaults: Mapping, usage: str) -> dict:
     """``defaults`` updated with the ``key=value`` arguments of ``argv``."""
     out = dict(defaults)
+    if any(arg in ("--help", "-h") for arg in argv):
+        print(usage)
+        raise SystemExit(0)
     for arg in argv:
         key, eq, value = arg.partition("=")
         if not eq or key not in defaults:
