@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["backbone=tiny_llama", "debug=fast", "eval.limit=4"]
+TINY = ["backbone=tiny_llama", "debug=fast"]
 LOCK = ".guilomo.lock"  # the run lock: rewritten with the pid of whoever claims the folder
 
 
@@ -45,7 +45,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 def finished(tmp_path_factory) -> Path:
     """A finished fine-tune run folder."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    done = run("train.py", *TINY, f"hydra.run.dir={out}")
+    done = run("train.py", *TINY, "eval.limit=4", f"hydra.run.dir={out}")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "metrics.json").is_file() and (out / ".hydra" / "config.yaml").is_file()
     return out
@@ -62,7 +62,7 @@ CASES = [
     ("unknown metric", "train.py", ["optimized_metric=test/acc"], "optimized_metric='test/acc'"),
     ("match without a file", "train.py", ["budget=match"], "budget=match reads the size"),
     ("match, missing file", "train.py", ["budget=match", "searched=/no/a.json"], "budget.path="),
-    ("rank above width", "train.py", ["allocation.rank=65"], "no rank above 64"),
+    ("rank above width", "train.py", ["allocation.rank=65", "new"], "no rank above 64"),
     ("bad batch size", "search.py", ["task.datamodule.batch_size=0"], "batch_size=0"),
     (
         "missing data file",
@@ -75,15 +75,20 @@ CASES = [
 
 @pytest.mark.parametrize("name,script,overrides,words", CASES, ids=[c[0] for c in CASES])
 def test_one_line_and_nothing_changed(finished, tmp_path, name, script, overrides, words):
-    # every case is pointed at the finished run; those refused for another reason must
-    # leave it byte for byte as well
+    # every case is pointed at the finished run (those refused for another reason must
+    # leave it byte for byte as well), but those checked after the folder ("new"), which
+    # go to a new folder that must not be left behind
+    folder = finished
+    if "new" in overrides:
+        overrides, folder = [o for o in overrides if o != "new"], tmp_path / "new"
     before = tree(finished)
-    done = run(script, *TINY, *overrides, f"hydra.run.dir={finished}")
+    done = run(script, *TINY, *overrides, f"hydra.run.dir={folder}")
     assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
     assert lines[0].startswith("Error: ") and words in lines[0], lines[0]
     assert tree(finished) == before
+    assert folder == finished or not folder.exists()
 
 
 def test_a_refused_new_folder_is_not_left_behind(tmp_path):

@@ -88,7 +88,7 @@ TRAIN_CASES = [
     ),
     (
         "rank 64 x 1e5 experts",
-        ["allocation=uniform", "allocation.experts=100000", "allocation.rank=64"],
+        ["allocation=uniform", "allocation.experts=200000", "allocation.rank=32"],
         ConfigError,
         "GiB",
     ),
