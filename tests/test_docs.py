@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -117,10 +118,13 @@ def code_words(page: Path) -> list[tuple[str, bool]]:
 
 
 def tracked_names() -> set[str]:
-    files = subprocess.run(
-        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    return {Path(f).name for f in files} | {p.name for p in ROOT.iterdir()}
+    """Names of the repository's files (run outputs, caches and hidden folders left out)."""
+    skip = {"outputs", "multirun", "chains", "__pycache__", "node_modules"}
+    names = set()
+    for _dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in skip]
+        names.update(filenames)
+    return names
 
 
 # -- (a) links and paths ----------------------------------------------------------------
