@@ -6,10 +6,9 @@ model card and the files its kind needs; never hidden or temporary files,
 checkpoints or locks) and uploads exactly those files. :func:`resolve_folder` turns a
 local folder or, when the network is allowed, a Hub repo id into a folder.
 
-    python -m guilomo.hub folder=<dir> repo_id=<user>/<name> [private=true] [dry_run=true]
-
-(``hf auth login`` or ``HF_TOKEN`` first; ``dry_run=true`` lists the files and
-uploads nothing.)
+The command line is ``python -m guilomo.push folder=<dir> repo_id=<user>/<name>
+[private=true] [dry_run=true]`` (:mod:`guilomo.tools.push`; ``hf auth login`` or
+``HF_TOKEN`` first; ``dry_run=true`` lists the files and uploads nothing).
 """
 
 from __future__ import annotations
