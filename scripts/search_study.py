@@ -31,6 +31,7 @@ from torch import nn
 
 from guilomo.allocation_view import short_name
 from guilomo.budget import Budget
+from guilomo.search.config import SearchSettings
 from guilomo.search.layer import expert_groups, inject_search_adapter
 from guilomo.search.readout import ModuleGSVs, collect_gsvs, fit_budget, read_allocation
 
@@ -47,7 +48,7 @@ def initial_gsvs(names: list[str], seed: int, n_max: int, r_max: int) -> dict[st
                 parent.add_module(part, nn.Module())
             parent = getattr(parent, part)
         parent.add_module(name.split(".")[-1], nn.Linear(2, 2))
-    inject_search_adapter(root, names, n_max=n_max, r_max=r_max, seed=seed)
+    inject_search_adapter(root, names, SearchSettings(n_max=n_max, r_max=r_max), seed=seed)
     return collect_gsvs(root)
 
 

@@ -556,3 +556,22 @@ def test_make_baseline_on_a_model():
     assert a.meta["num_layers"] == 2
     m = make_baseline("mola_2468", model)
     assert per_layer(m) == [2, 6]  # 2 layers: blocks 0 and 2
+
+
+# -- scale_to_budget's documented rule, by hand-computed allocations ----------------------
+def test_scale_first_factor_leaves_the_routers_out():
+    # one module (d_in 30, d_out 10): a rank row costs 40, a router row 30 per expert;
+    # ranks (1, 1, 1, 5): M = 8 x 40 + 4 x 30 = 440 of which F = 120 does not scale, so
+    # for 760: s = (760 - 120) / (440 - 120) = 2 exactly (T / M = 1.73 would give 3, 2, 2, 9)
+    alloc = Allocation({"a": ModuleAllocation((1, 1, 1, 5))})
+    out = scale_to_budget(alloc, Budget("params", 760), {"a": (30, 10)})
+    assert out.modules["a"].ranks == (2, 2, 2, 10)
+    assert out.meta["scaled"]["factor"] == 2.0
+
+
+def test_scale_leftover_units_go_to_the_largest_remainders():
+    # ranks (1, 2) to a rank budget of 4: s = 4 / 3, shares 1.33 and 2.67, floors (1, 2):
+    # the one unit left goes to the larger remainder (0.67), the second expert
+    alloc = Allocation({"a": ModuleAllocation((1, 2))})
+    out = scale_to_budget(alloc, Budget("rank", 4), {"a": (8, 8)})
+    assert out.modules["a"].ranks == (1, 3)

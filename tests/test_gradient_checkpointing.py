@@ -13,6 +13,7 @@ from guilomo.moe import LoraMoEConfig, aux_loss, find_targets, inject_adapter
 from guilomo.objective import sparse_lm_loss
 from guilomo.pipeline import build_backbone
 from guilomo.search.architect import Architect
+from guilomo.search.config import SearchSettings
 from guilomo.search.layer import gsv_parameters, inject_search_adapter, inner_parameters
 from guilomo.search.module import SearchModule
 
@@ -69,7 +70,9 @@ def _search(checkpointing: bool):
     model, calls = _backbone("search", checkpointing)
     names = list(find_targets(model, TARGETS))
     torch.manual_seed(0)
-    inject_search_adapter(model, names, n_max=4, r_max=4, config=LoraMoEConfig(dropout=0.1))
+    inject_search_adapter(
+        model, names, SearchSettings(n_max=4, r_max=4), config=LoraMoEConfig(dropout=0.1)
+    )
     randomize_adapter(model, seed=2)
     module = SearchModule(model, aux_coef=0.001)
     model.train()
@@ -101,6 +104,7 @@ def test_search_same_hypergradient_and_gradients_with_checkpointing():
 
 def test_search_run_with_checkpointing_equals_without(tmp_path, monkeypatch):
     """The switch end to end: 2 second-order search steps, the same GSVs either way."""
+    import guilomo.search.loop as search_loop
     import guilomo.search.run as search_run
 
     fast = [
@@ -120,10 +124,10 @@ def test_search_run_with_checkpointing_equals_without(tmp_path, monkeypatch):
         "search.heatmap=false",
     ]
     final = {}
-    real = search_run.collect_gsvs
+    real = search_loop.collect_gsvs
     for on in (False, True):
         monkeypatch.setattr(
-            search_run, "collect_gsvs", lambda m, on=on: final.setdefault(on, real(m))
+            search_loop, "collect_gsvs", lambda m, on=on: final.setdefault(on, real(m))
         )
         search_run.run_search(
             compose_cfg("search", [*fast, f"gradient_checkpointing={on}"], tmp_path / str(on))

@@ -113,11 +113,6 @@ class Run:
         v = self.metrics.get(stage, {}).get(metric)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
-    @property
-    def allocation_path(self) -> Path | None:
-        p = self.path / "allocation.json"
-        return p if p.is_file() else None
-
 
 def _warn(msg: str) -> None:
     warnings.warn(msg, ResultsWarning, stacklevel=3)

@@ -23,6 +23,7 @@ import torch
 from compose import compose_cfg
 from ddp_helpers import DDP_CPU, Replay, launch, load_records, merge, record_overrides
 
+import guilomo.search.loop as search_loop
 import guilomo.search.run as search_run
 from guilomo.allocation import Allocation
 from guilomo.search.layer import gsv_parameters
@@ -65,13 +66,13 @@ def _single_process_reference(tmp_path, overrides, records, monkeypatch):
 
     monkeypatch.setattr(search_run, "build_datamodule", replay)
     captured = {}
-    real_gsvs = search_run.collect_gsvs
+    real_gsvs = search_loop.collect_gsvs
 
     def keep_model(model):
         captured["gsv"] = [p.detach().clone() for p in gsv_parameters(model)]
         return real_gsvs(model)
 
-    monkeypatch.setattr(search_run, "collect_gsvs", keep_model)
+    monkeypatch.setattr(search_loop, "collect_gsvs", keep_model)
     cfg = compose_cfg("search", [*overrides, "task.datamodule.batch_size=4"], tmp_path / "single")
     path = search_run.run_search(cfg)
     return Allocation.load(path), captured["gsv"]

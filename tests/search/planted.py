@@ -1,4 +1,4 @@
-"""Constructed problems with a known answer for search layers driven by an Architect.
+"""Constructed problems with a known answer, searched by the product's search loop.
 
 Each module is one :class:`SearchLoraMoELinear` on a zero base that must learn its own
 planted target from its own inputs; the loss is the sum of the modules' squared errors,
@@ -8,13 +8,16 @@ so the modules share one outer step, one budget and one price. Kinds (``name:k``
 - ``experts:c``: ``c`` input clusters, each with its own rank-2 map (needs ~``c`` experts);
 - ``noise``: targets independent of the input (needs nothing: anything learnt hurts).
 
-:func:`search` runs the search as :class:`SearchModule` does (warm-up under the full
-prefix, linear outer schedule over the GSV steps, the credit meter, the Lagrangian when
-a budget is given, parsimony) with the shipped :class:`SearchSettings` unless told
-otherwise, then reads out, trims and fills like ``search.py``.
+:func:`search` runs the product's search loop (:class:`guilomo.search.loop.SearchLoop`: the
+shipped :class:`SearchSettings` unless told otherwise, with the problem's own inner learning
+rate, :func:`planted_settings`), then ends it as ``search.py`` does (:meth:`SearchLoop.finish`:
+read-out, trim, fill). :func:`search_modules` and :func:`run` are its two halves, for
+problems that build their own data.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -22,20 +25,21 @@ from torch import nn
 from guilomo.allocation import Allocation
 from guilomo.budget import Budget
 from guilomo.moe import LoraMoEConfig
-from guilomo.search.architect import Architect
-from guilomo.search.config import SearchSettings
-from guilomo.search.credit import CreditMeter
-from guilomo.search.lagrangian import BudgetLagrangian
-from guilomo.search.layer import SearchLoraMoELinear, init_gsvs, set_prefixes
-from guilomo.search.readout import (
-    ModuleCredits,
-    collect_gsvs,
-    fit_budget,
-    read_allocation,
-    spend_budget,
-)
+from guilomo.search.config import InnerOptim, SearchSettings
+from guilomo.search.layer import inject_search_adapter
+from guilomo.search.loop import SearchLoop
 
 D, N_MAX, R_MAX = 16, 8, 8
+# a toy problem's inner learning rate (the shipped 3e-4 is an LLM's): the peak of the shipped
+# schedule (warm-up, linear decay to 0), so its mean is the 1e-2 the harness ran at before
+INNER_LR = 2e-2
+
+
+def planted_settings(**kw) -> SearchSettings:
+    """The shipped search settings, uniform start, with the problem's inner learning rate."""
+    kw.setdefault("start", "uniform")
+    kw.setdefault("inner", InnerOptim(lr=INNER_LR))
+    return SearchSettings(**kw)
 
 
 def orthonormal(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
@@ -69,6 +73,45 @@ def planted(kind: str, g: torch.Generator):
     return sample
 
 
+def search_modules(count: int, s: SearchSettings, seed: int) -> nn.ModuleDict:
+    """``count`` zero-based linear maps ``m0, m1, ...`` with the search adapter injected by
+    the product's :func:`inject_search_adapter` (GSV start from ``s``, seeded by ``seed``)."""
+    torch.manual_seed(seed)
+    model = nn.ModuleDict({f"m{i}": nn.Linear(D, D, bias=False) for i in range(count)})
+    for base in model.values():
+        nn.init.zeros_(base.weight)
+    config = LoraMoEConfig(dropout=0.0, alpha=16.0)
+    return inject_search_adapter(model, list(model), s, config=config, seed=seed)
+
+
+def run(
+    model: nn.ModuleDict,
+    s: SearchSettings,
+    samples: list,
+    seed: int,
+    budget: Budget | None = None,
+    steps: int = 400,
+    batch: int = 128,
+) -> SearchLoop:
+    """``steps`` real steps of the search loop; module ``i`` learns from ``samples[i]``
+    (train and val batches drawn fresh each step); the loss sums the modules' squared errors."""
+    mods = list(model.values())
+
+    def loss(batches):
+        return sum(
+            (m(b["x"]) - b["y"]).pow(2).sum(-1).mean() for m, b in zip(mods, batches, strict=True)
+        )
+
+    loop = SearchLoop(model, s, loss, budget=budget, init_seed=seed)
+    loop.configure(steps)
+    gen = torch.Generator().manual_seed(1000 + seed)
+    for step in range(steps):
+        train = [f(batch, gen) for f in samples]
+        val = [f(batch, gen) for f in samples]
+        loop.step(train, val, step)
+    return loop
+
+
 def search(
     kinds: list[str],
     seed: int,
@@ -79,85 +122,11 @@ def search(
     batch: int = 128,
 ) -> tuple[Allocation, Allocation]:
     """Search modules ``kinds`` together; returns (read-out, final allocation after trim/fill)."""
-    s = settings or SearchSettings(start="uniform")
-    torch.manual_seed(seed)
-    layers = nn.ModuleDict()
-    for i, _ in enumerate(kinds):
-        base = nn.Linear(D, D, bias=False)
-        nn.init.zeros_(base.weight)
-        layers[f"m{i}"] = SearchLoraMoELinear(
-            base,
-            [R_MAX] * N_MAX,
-            s.top_k,
-            LoraMoEConfig(dropout=0.0, alpha=16.0),
-            expert_signal=s.expert_signal,
-            expert_credit=s.expert_credit,
-            rank_credit=s.rank_credit,
-        )
-        layers[f"m{i}"].probe = s.probe
-    init_gsvs(layers, seed, s.start, *start)
+    s = settings or planted_settings()
+    s = dataclasses.replace(s, start_experts=start[0], start_rank=start[1])
+    model = search_modules(len(kinds), s, seed)
     g = torch.Generator().manual_seed(seed)
     samples = [planted(k, g) for k in kinds]
-    mods = list(layers.values())
-
-    def loss(batches):
-        return sum(
-            (m(b["x"]) - b["y"]).pow(2).sum(-1).mean() for m, b in zip(mods, batches, strict=True)
-        )
-
-    gsv = [p for m in mods for p in (m.gsv_expert, m.gsv_rank)]
-    theta = [p for m in mods for p in (m.lora_A, m.lora_B, m.router, m.rank_lambda)]
-    inner = torch.optim.AdamW(theta, lr=1e-2, weight_decay=0.0)
-    outer = torch.optim.Adam(gsv, lr=s.outer.lr, betas=s.outer.betas)
-    meter = CreditMeter(gsv, s.credit_ema)
-    pricing = (
-        BudgetLagrangian(mods, budget, lr=s.budget_lr, lam=s.budget_lam)
-        if budget is not None and budget.active and s.budget_mode == "lagrangian"
-        else None
-    )
-    architect = Architect(
-        theta,
-        gsv,
-        inner,
-        outer,
-        loss,
-        loss,
-        meter=meter,
-        smooth=s.smooth_credit,
-        pricing=pricing,
-        parsimony=s.parsimony if s.smooth_credit else 0.0,
-    )
-    gen = torch.Generator().manual_seed(1000 + seed)
-    prefixes = torch.Generator().manual_seed(seed)
-    warmup = s.warmup(steps)
-    for step in range(steps):
-        train = [f(batch, gen) for f in samples]
-        val = [f(batch, gen) for f in samples]
-        if step < warmup:
-            set_prefixes(layers, s.warmup_prefix, prefixes)
-        else:
-            set_prefixes(layers, None)
-        if s.outer_due(step, steps):
-            for group in outer.param_groups:
-                group["lr"] = s.outer.lr_at(step - warmup, steps - warmup)
-            architect.step(train, val, xi=1e-2)
-        inner.zero_grad()
-        loss(train).backward(inputs=theta)
-        inner.step()
-
-    gsvs = collect_gsvs(layers)
-    read = read_allocation(gsvs, top_k=s.top_k)
-    if budget is None or not budget.active:
-        return read, read
-    shapes = {n: (D, D) for n in layers}
-    final, _ = fit_budget(read, gsvs, budget, shapes, min_experts=s.min_experts)
-    if pricing is not None:
-        mean, dev = meter.corrected(), meter.deviation()
-        credits = {
-            n: ModuleCredits(mean[2 * i], mean[2 * i + 1], dev[2 * i], dev[2 * i + 1])
-            for i, n in enumerate(layers)
-        }
-        final, _ = spend_budget(
-            final, credits, budget, shapes, parsimony=s.parsimony, fill=s.budget_fill
-        )
-    return read, final
+    loop = run(model, s, samples, seed, budget, steps, batch)
+    outcome = loop.finish({n: (D, D) for n in model}, steps)
+    return outcome.read, outcome.allocation

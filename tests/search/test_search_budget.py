@@ -19,15 +19,14 @@ in the slow suite). The rank and expert problems: both fills are checked.
 """
 
 import pytest
-from planted import search
+from planted import planted_settings, search
 
 from guilomo.budget import Budget
-from guilomo.search.config import SearchSettings
 
 # seed 0 in the fast suite, every seed in the slow one (make test-slow, run by CI)
 SEEDS = (0, *(pytest.param(s, marks=pytest.mark.slow) for s in (1, 2, 3, 4, 5)))
 # the final allocation keeps only what the search values (the default fill spends the rest)
-NEEDED = SearchSettings(start="uniform", budget_fill="needed")
+NEEDED = planted_settings(budget_fill="needed")
 
 
 def total_rank(alloc, name):
@@ -91,7 +90,7 @@ def test_nothing_to_learn_leaves_the_minimum(seed):
 
 def test_posthoc_budget_mode_still_fits():
     budget = Budget("rank", 10)
-    settings = SearchSettings(start="uniform", budget_mode="posthoc")
+    settings = planted_settings(budget_mode="posthoc")
     read, final = search(["rank:6", "rank:1"], 0, budget, steps=120, settings=settings)
     assert budget.measure(final, {}) <= 10
 
@@ -102,7 +101,7 @@ def test_a_noise_module_never_ends_with_more_than_a_needy_one(seed, value):
     # one module needs rank 6, one has nothing to learn; at 90 ranks the caps bind (the
     # needy module reaches n_max x r_max = 64 before the noise module may grow)
     budget = Budget("rank", value)
-    for settings in (NEEDED, SearchSettings(start="uniform")):  # both fills
+    for settings in (NEEDED, planted_settings()):  # both fills
         _, alloc = search(["rank:6", "noise"], seed, budget, settings=settings)
         needy, noise = alloc.modules["m0"], alloc.modules["m1"]
         assert noise.experts <= needy.experts, alloc.summary()

@@ -147,7 +147,7 @@ def test_fill_adds_helpful_units_best_value_per_cost_first_and_never_over():
     assert filled.modules["a"].ranks == (2, 2)
     assert filled.modules["b"].ranks == (1, 1, 1)
     assert budget.measure(filled, shapes) <= budget.value
-    assert [u["unit"] for u in report.removed] == ["rank", "rank", "expert"]
+    assert [u["unit"] for u in report.added] == ["rank", "rank", "expert"]
     # a budget with room for everything still adds only what helps
     big, _ = fill_budget(alloc, {"a": ca, "b": cb}, Budget("rank", 100), shapes, n_max=4, r_max=4)
     assert big.modules["a"].ranks == (4, 4) and big.modules["b"].ranks == (1, 1, 1, 1)

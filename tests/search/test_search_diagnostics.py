@@ -185,7 +185,7 @@ def test_state_dict_round_trip_continues_identically():
 
 def test_selection_follows_the_readout_rule_on_a_search_model():
     model = tiny_llama()
-    inject_search_adapter(model, linear_names(model), n_max=5, r_max=3, seed=3)
+    inject_search_adapter(model, linear_names(model), SearchSettings(n_max=5, r_max=3), seed=3)
     with torch.no_grad():  # spread the expert argmax over 0..4 (0 and 1 both read 2)
         for i, m in enumerate(search_layers(model).values()):
             m.gsv_expert[i % 5] += 2.0
@@ -204,7 +204,7 @@ def test_search_module_logs_the_diagnostics_to_its_loggers(tmp_path):
     from test_search_module import loader
 
     model = tiny_llama()
-    inject_search_adapter(model, linear_names(model), n_max=4, r_max=4, seed=1)
+    inject_search_adapter(model, linear_names(model), SearchSettings(n_max=4, r_max=4), seed=1)
     initial = selection_of(search_layers(model).values()).module_ranks()
     settings = SearchSettings(n_max=4, r_max=4, outer=dict(lr=0.3))  # large: GSVs flip
     module = SearchModule(model, settings, val_dataloader=loader(2, offset=50))
@@ -239,7 +239,7 @@ def test_search_module_logs_the_diagnostics_to_its_loggers(tmp_path):
 
 def test_search_module_checkpoint_carries_the_diagnostics():
     model = tiny_llama()
-    inject_search_adapter(model, linear_names(model), n_max=4, r_max=4)
+    inject_search_adapter(model, linear_names(model), SearchSettings(n_max=4, r_max=4))
     module = SearchModule(model, SearchSettings(n_max=4, r_max=4))
     module.diagnostics.start(module.selection())
     module.diagnostics.update(module.selection(), 0)
@@ -280,7 +280,7 @@ def test_search_run_writes_diagnostics_that_the_initial_gsvs_confirm(tmp_path, c
     model, _ = load_backbone("tiny-llama", source="tiny")
     names = list(find_targets(model, list(cfg.backbone.target_modules)))
     s = cfg.search
-    inject_search_adapter(model, names, n_max=s.n_max, r_max=s.r_max, seed=cfg.seed)
+    inject_search_adapter(model, names, SearchSettings(n_max=s.n_max, r_max=s.r_max), seed=cfg.seed)
     gsvs = collect_gsvs(model)
     initial = read_allocation(gsvs)
     assert diag["initial_readout"] == {n: list(m.ranks) for n, m in initial.modules.items()}

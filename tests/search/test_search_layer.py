@@ -6,6 +6,7 @@ from helpers import linear_names, tiny_llama
 from torch import nn
 
 from guilomo.moe import LoraMoEConfig, LoraMoELinear
+from guilomo.search.config import SearchSettings
 from guilomo.search.gsv import expert_mask, rank_mask
 from guilomo.search.layer import (
     SearchLoraMoELinear,
@@ -91,7 +92,7 @@ def test_soft_mask_leaves_masked_ranks_a_little():
 
 def test_injection_parameter_groups_and_seeded_init():
     model = inject_search_adapter(
-        tiny_llama(), linear_names(tiny_llama()), n_max=4, r_max=2, seed=7
+        tiny_llama(), linear_names(tiny_llama()), SearchSettings(n_max=4, r_max=2), seed=7
     )
     layers = search_layers(model)
     assert len(layers) == 14 and all(m.ranks == [2] * 4 for m in layers.values())
@@ -103,19 +104,25 @@ def test_injection_parameter_groups_and_seeded_init():
 
     torch.manual_seed(123)  # the GSV init does not depend on the global RNG
     again = inject_search_adapter(
-        tiny_llama(), linear_names(tiny_llama()), n_max=4, r_max=2, seed=7
+        tiny_llama(), linear_names(tiny_llama()), SearchSettings(n_max=4, r_max=2), seed=7
     )
     for a, b in zip(gsv_parameters(again), gsv, strict=True):
         assert torch.equal(a, b)
     other = inject_search_adapter(
-        tiny_llama(), linear_names(tiny_llama()), n_max=4, r_max=2, seed=8
+        tiny_llama(), linear_names(tiny_llama()), SearchSettings(n_max=4, r_max=2), seed=8
     )
     assert not torch.equal(gsv_parameters(other)[0], gsv[0])
 
 
+# the reference's credit: the expert GSV's gradient sits on its boundary entry alone
+REFERENCE = dict(expert_signal="logits", expert_credit="reference", rank_credit="reference")
+
+
 def test_layer_granularity_shares_one_expert_gsv_per_layer():
     names = linear_names(tiny_llama())
-    model = inject_search_adapter(tiny_llama(), names, n_max=4, r_max=2, granularity="layer")
+    model = inject_search_adapter(
+        tiny_llama(), names, SearchSettings(n_max=4, r_max=2, granularity="layer", **REFERENCE)
+    )
     layers = search_layers(model)
     by_layer = {}
     for n, m in layers.items():
@@ -143,18 +150,23 @@ def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="rank_mask"):
         SearchLoraMoELinear(base, [8, 8], 2, rank_mask_mode="medium")
     with pytest.raises(ValueError, match="granularity"):
-        inject_search_adapter(tiny_llama(), ["model.layers.0.mlp.up_proj"], granularity="block")
+        inject_search_adapter(
+            tiny_llama(), ["model.layers.0.mlp.up_proj"], SearchSettings(granularity="block")
+        )
 
 
 def test_search_init_normal_reproduces_the_reference():
     model = tiny_llama()
     inject_search_adapter(
-        model, linear_names(model), n_max=2, r_max=2, config=LoraMoEConfig(init="normal")
+        model,
+        linear_names(model),
+        SearchSettings(n_max=2, r_max=2),
+        config=LoraMoEConfig(init="normal"),
     )
     b = torch.cat([m.lora_B.detach().reshape(-1) for m in search_layers(model).values()])
     assert 0.015 < b.std() < 0.025  # N(0, 0.02) for B as well, not zero
     model = tiny_llama()
-    inject_search_adapter(model, linear_names(model), n_max=2, r_max=2)
+    inject_search_adapter(model, linear_names(model), SearchSettings(n_max=2, r_max=2))
     assert all(torch.count_nonzero(m.lora_B) == 0 for m in search_layers(model).values())
 
 

@@ -35,7 +35,7 @@ def loader(n, offset=0):
 
 def search_model(**kw):
     model = tiny_llama()
-    return inject_search_adapter(model, linear_names(model), n_max=4, r_max=4, **kw)
+    return inject_search_adapter(model, linear_names(model), SearchSettings(n_max=4, r_max=4, **kw))
 
 
 def fit(module, train, **trainer_kw):

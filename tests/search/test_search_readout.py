@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from guilomo.allocation import Allocation, ModuleAllocation
 from guilomo.budget import Budget, BudgetError
 from guilomo.search.readout import (
     ModuleGSVs,
@@ -135,3 +136,43 @@ def test_layer_groups_lose_experts_together():
     fitted, report = fit_budget(alloc, gsvs, Budget("experts", 8), shapes, groups)
     assert [m.experts for m in fitted.modules.values()] == [2, 2, 3]
     assert len(report.removed) == 1 and report.removed[0]["where"] == "layer0"
+
+
+# -- the documented rules, by hand-computed allocations (each pins one rule) -------------
+def alloc_of(**ranks):
+    return Allocation({n: ModuleAllocation(tuple(r)) for n, r in ranks.items()})
+
+
+# every expert's rank GSV: boundary at rank 2 with confidence s[1] - s[0] = 0.1
+TWO = [0.5, 0.6, 0.1, 0.1]
+
+
+def test_fit_ties_go_to_the_larger_saving_then_to_module_order():
+    gsvs = {n: gsv([0.1, 0.9, 0.1, 0.1], [TWO, TWO]) for n in "ab"}
+    # equal confidence; b's rank row saves 16 parameters, a's 8: b's first expert gives one
+    shapes = {"a": (4, 4), "b": (8, 8)}
+    total = Budget("params", 1).measure(alloc_of(a=(2, 2), b=(2, 2)), shapes)
+    fitted, _ = fit_budget(alloc_of(a=(2, 2), b=(2, 2)), gsvs, Budget("params", total - 1), shapes)
+    assert fitted.modules["a"].ranks == (2, 2) and fitted.modules["b"].ranks == (1, 2)
+    # equal confidence and saving: module order, then expert order (a's first expert)
+    shapes = {"a": (4, 4), "b": (4, 4)}
+    fitted, _ = fit_budget(alloc_of(a=(2, 2), b=(2, 2)), gsvs, Budget("rank", 7), shapes)
+    assert fitted.modules["a"].ranks == (1, 2) and fitted.modules["b"].ranks == (2, 2)
+    # ... for expert units as well: a's third expert goes, not b's
+    gsvs = {n: gsv([0.1, 0.2, 0.5, 0.1], []) for n in "ab"}
+    fitted, _ = fit_budget(alloc_of(a=(1, 1, 1), b=(1, 1, 1)), gsvs, Budget("rank", 5), shapes)
+    assert fitted.modules["a"].ranks == (1, 1) and fitted.modules["b"].ranks == (1, 1, 1)
+
+
+def test_expert_confidence_compares_with_the_counts_the_gsv_could_still_select():
+    # a keeps 3 experts (boundary 2); removing one moves it to 1 (2 experts), never to 0:
+    # confidence = s[2] - max(s[1..1]) = 0.5 - 0.2 = 0.3 (not 0.5 - 0.9 = -0.4), so b's rank
+    # unit (confidence 0.1) goes first
+    gsvs = {"a": gsv([0.9, 0.2, 0.5, 0.1], []), "b": gsv([0.1, 0.9, 0.1, 0.1], [TWO, TWO])}
+    shapes = {"a": (4, 4), "b": (4, 4)}
+    fitted, _ = fit_budget(alloc_of(a=(1, 1, 1), b=(2, 2)), gsvs, Budget("rank", 6), shapes)
+    assert fitted.modules["a"].ranks == (1, 1, 1) and fitted.modules["b"].ranks == (1, 2)
+    # s[2] - s[1] = 0.8 - 0.9 < 0: the GSV itself prefers 2 experts, its expert goes first
+    gsvs["a"] = gsv([0.1, 0.9, 0.8, 0.05], [])
+    fitted, _ = fit_budget(alloc_of(a=(1, 1, 1), b=(2, 2)), gsvs, Budget("rank", 6), shapes)
+    assert fitted.modules["a"].ranks == (1, 1) and fitted.modules["b"].ranks == (2, 2)

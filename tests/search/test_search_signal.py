@@ -1,8 +1,8 @@
 """The search moves each GSV in a planted direction, with the inner weights training.
 
-One search layer on a zero base learns a target while the Architect steps its GSVs
-(first order, Adam, held-out batches drawn fresh each step). The targets plant what
-the layer needs:
+One search layer on a zero base learns a target while the product's search loop steps
+its GSVs (the shipped settings: first order, routed probe, smoothed credit, parsimony,
+warm-up; held-out batches drawn fresh each step), with the raw credit (``RAW_CREDIT``). The targets plant what the layer needs:
 
 - ``rank``: one orthogonal rank-6 map: more rank than the initial read-out (rank 2);
 - ``experts``: four input clusters, each with its own rank-2 map: a router must send
@@ -18,15 +18,15 @@ reference credit leaves the ranks where they started (the issue this answers).
 
 import pytest
 import torch
+from planted import N_MAX, R_MAX, D, planted_settings, run, search_modules
 from torch import nn
 
-from guilomo.moe import LoraMoEConfig
-from guilomo.search.architect import Architect
-from guilomo.search.config import SearchSettings
-from guilomo.search.layer import SearchLoraMoELinear
-
-D, N_MAX, R_MAX = 16, 8, 8
 SEEDS = (0, 1, 2)
+# what this file measures is the straight-through credit itself: the outer step takes each
+# step's credit as it is (no moving average, no parsimony) from the first step on
+RAW_CREDIT = dict(
+    smooth_credit=False, parsimony_expert=0.0, parsimony_rank=0.0, warmup_outer_fraction=0.0
+)
 
 
 def orthonormal(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
@@ -53,46 +53,18 @@ def planted(kind: str, g: torch.Generator):
 
 
 def search(kind: str, seed: int, experts: int, rank: int, steps: int = 300, **credit):
-    """Search one layer from a read-out of ``experts`` x ``rank``; returns (experts, mean rank)."""
-    settings = SearchSettings(**credit)
-    torch.manual_seed(seed)
-    base = nn.Linear(D, D, bias=False)
-    nn.init.zeros_(base.weight)
-    layer = SearchLoraMoELinear(
-        base,
-        [R_MAX] * N_MAX,
-        2,
-        LoraMoEConfig(dropout=0.0, alpha=16.0),
-        expert_signal=settings.expert_signal,
-        expert_credit=settings.expert_credit,
-        rank_credit=settings.rank_credit,
-    )
+    """Search one layer from a read-out of ``experts`` x ``rank`` with the product's loop
+    (the shipped settings but ``credit``); returns (experts, mean rank)."""
+    settings = planted_settings(start="random", **RAW_CREDIT, **credit)
+    layer = search_modules(1, settings, seed)["m0"]
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # a clear initial read-out (margin 0.3 in GSV logits)
         layer.gsv_expert.copy_(0.01 * torch.randn(N_MAX, generator=g))
         layer.gsv_expert[experts - 1] += 0.3
         layer.gsv_rank.copy_(0.01 * torch.randn(N_MAX, R_MAX, generator=g))
         layer.gsv_rank[:, rank - 1] += 0.3
-    assert int(layer.current_experts()) == experts
-    sample = planted(kind, g)
-
-    def loss(b):
-        return (layer(b["x"]) - b["y"]).pow(2).sum(-1).mean()
-
-    gsv = [layer.gsv_expert, layer.gsv_rank]
-    theta = [layer.lora_A, layer.lora_B, layer.router, layer.rank_lambda]
-    inner = torch.optim.AdamW(theta, lr=1e-2, weight_decay=0.0)
-    outer = torch.optim.Adam(gsv, lr=settings.outer.lr, betas=settings.outer.betas)
-    architect = Architect(theta, gsv, inner, outer, loss, loss, order="first")
-    gen = torch.Generator().manual_seed(1000 + seed)
-    for step in range(steps):
-        for group in outer.param_groups:  # the outer schedule, as SearchModule applies it
-            group["lr"] = settings.outer.lr_at(step, steps)
-        train, val = sample(128, gen), sample(128, gen)
-        architect.step(train, val, xi=1e-2)
-        inner.zero_grad()
-        loss(train).backward(inputs=theta)
-        inner.step()
+    assert int(layer.current_experts()) == experts and layer.probe == settings.probe
+    run(nn.ModuleDict({"m0": layer}), settings, [planted(kind, g)], seed, steps=steps)
     e = int(layer.current_experts())
     return e, float(layer.current_ranks()[:e].float().mean())
 
@@ -115,6 +87,12 @@ def test_default_shrinks_where_nothing_can_be_learnt(seed):
     assert experts <= 4 and rank <= 2.0, (experts, rank)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 25 point 2: through the product's loop (inner warm-up and linear decay, "
+    "clipping) the reference credit moves the ranks (max mean rank 7.0 on seeds 0-2); it "
+    "held them only in the harness's copy (constant inner lr 1e-2, no clipping)",
+)
 def test_reference_credit_leaves_the_ranks_at_their_start():
     """GuiLoMo's own rule on the same problem: the boundary entry only reinforces itself."""
     ref = dict(expert_signal="logits", expert_credit="reference", rank_credit="reference")

@@ -3,7 +3,7 @@
 Public API::
 
     from guilomo.search import (
-        SearchSettings, inject_search_adapter, SearchModule, Architect,
+        SearchSettings, inject_search_adapter, SearchLoop, SearchModule, Architect,
         collect_gsvs, read_allocation, fit_budget, run_search,
     )
 """
@@ -18,8 +18,10 @@ from guilomo.search.layer import (
     inner_parameters,
     search_layers,
 )
+from guilomo.search.loop import SearchLoop
 from guilomo.search.module import SearchModule
 from guilomo.search.readout import (
+    FillReport,
     FitReport,
     ModuleGSVs,
     collect_gsvs,
@@ -31,10 +33,12 @@ from guilomo.search.run import run_search
 
 __all__ = [
     "Architect",
+    "FillReport",
     "FitReport",
     "InnerOptim",
     "ModuleGSVs",
     "OuterOptim",
+    "SearchLoop",
     "SearchLoraMoELinear",
     "SearchModule",
     "SearchSettings",

@@ -6,14 +6,13 @@ from dataclasses import asdict, dataclass, field, fields
 
 from guilomo.search.architect import ORDERS, VIRTUAL_STEPS
 from guilomo.search.gsv import CREDITS, MIN_EXPERTS, RANK_FLOORS
-from guilomo.search.layer import (
-    EXPERT_SIGNALS,
-    GRANULARITIES,
-    PROBES,
-    STARTS,
-    WARMUP_PREFIXES,
-)
 
+# the search layer's choices (guilomo.search.layer checks them too)
+WARMUP_PREFIXES = ("current", "full", "random")
+STARTS = ("random", "uniform")
+PROBES = ("routed", "constant")
+GRANULARITIES = ("module", "layer")
+EXPERT_SIGNALS = ("logits", "output")
 VAL_SOURCES = ("heldout", "alternate")
 BUDGET_MODES = ("lagrangian", "posthoc")
 BUDGET_FILLS = ("spend", "needed")
@@ -34,11 +33,6 @@ class InnerOptim:
     warmup_steps: int = 100
     max_warmup_fraction: float = 0.1
     grad_clip: float | None = 1.0
-
-    @property
-    def parsimony(self) -> tuple[float, float]:
-        """(expert, rank) parsimony of the smoothed credit and of budget filling."""
-        return (self.parsimony_expert, self.parsimony_rank)
 
     def warmup(self, total_steps: int) -> int:
         return int(min(self.warmup_steps, self.max_warmup_fraction * total_steps))

@@ -32,6 +32,7 @@ With ``granularity="layer"`` the modules of one decoder layer share one expert G
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 
@@ -42,6 +43,13 @@ from guilomo.allocation import Allocation, layer_of, uniform
 from guilomo.moe.config import LoraMoEConfig
 from guilomo.moe.inject import inject_adapter
 from guilomo.moe.layer import LoraMoELinear, RoutingContext
+from guilomo.search.config import (
+    EXPERT_SIGNALS,
+    GRANULARITIES,
+    STARTS,
+    WARMUP_PREFIXES,
+    SearchSettings,
+)
 from guilomo.search.gsv import (
     CREDITS,
     EXPERT_DROP,
@@ -57,12 +65,7 @@ from guilomo.search.gsv import (
 )
 
 GSV_NAMES = ("gsv_expert", "gsv_rank")
-WARMUP_PREFIXES = ("current", "full", "random")
-STARTS = ("random", "uniform")
-PROBES = ("routed", "constant")
 START_MARGIN = 0.1  # logit margin of the start entry of a uniform (seed-free) start
-GRANULARITIES = ("module", "layer")
-EXPERT_SIGNALS = ("logits", "output")
 
 
 class SearchLoraMoELinear(LoraMoELinear):
@@ -334,27 +337,19 @@ def max_allocation(names: Iterable[str], n_max: int, r_max: int, top_k: int, **m
 def inject_search_adapter(
     model: nn.Module,
     names: Iterable[str],
-    n_max: int = 8,
-    r_max: int = 8,
-    top_k: int = 2,
+    settings: SearchSettings | None = None,
     config: LoraMoEConfig | None = None,
-    rank_mask: str = "soft",
-    granularity: str = "module",
     seed: int = 0,
-    expert_signal: str = "logits",
-    expert_credit: str = "reference",
-    rank_credit: str = "reference",
-    start: str = "random",
-    start_experts: int | None = None,
-    start_rank: int | None = None,
-    probe: str = "constant",
 ) -> nn.Module:
-    """Freeze ``model`` and wrap the named linear modules with :class:`SearchLoraMoELinear`."""
+    """Freeze ``model`` and wrap the named linear modules with :class:`SearchLoraMoELinear`.
+
+    Sizes, masks, credits, probe, granularity and the GSV start come from ``settings``
+    (default: the shipped :class:`SearchSettings`); ``config`` is the adapter's (its A/B
+    init replaced by ``settings.init`` when set); ``seed`` seeds a random GSV start."""
+    s = settings or SearchSettings()
     names = list(names)
-    if top_k > n_max:
-        raise ValueError(f"top_k={top_k} > n_max={n_max}: lower top_k or raise n_max")
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity='{granularity}' is not one of {list(GRANULARITIES)}")
+    if s.init is not None:  # the search-time A/B init may differ from the fine-tune's
+        config = dataclasses.replace(config or LoraMoEConfig(), init=s.init)
 
     def factory(base, ranks, k, config=None, context=None):
         return SearchLoraMoELinear(
@@ -363,18 +358,17 @@ def inject_search_adapter(
             k,
             config=config,
             context=context,
-            rank_mask_mode=rank_mask,
-            expert_signal=expert_signal,
-            expert_credit=expert_credit,
-            rank_credit=rank_credit,
+            rank_mask_mode=s.rank_mask,
+            expert_signal=s.expert_signal,
+            expert_credit=s.expert_credit,
+            rank_credit=s.rank_credit,
         )
 
-    inject_adapter(model, max_allocation(names, n_max, r_max, top_k), config, layer_factory=factory)
-    if granularity == "layer":
+    allocation = max_allocation(names, s.n_max, s.r_max, s.top_k)
+    inject_adapter(model, allocation, config, layer_factory=factory)
+    if s.granularity == "layer":
         tie_expert_gsvs(model)
-    if probe not in PROBES:
-        raise ValueError(f"probe='{probe}' is not one of {list(PROBES)}")
     for m in search_layers(model).values():
-        m.probe = probe
-    init_gsvs(model, seed, start, start_experts, start_rank)
+        m.probe = s.probe
+    init_gsvs(model, seed, s.start, s.start_experts, s.start_rank)
     return model

@@ -109,6 +109,21 @@ class FitReport:
         return {"removed_expert_units": self.expert_units, "removed_rank_units": self.rank_units}
 
 
+@dataclass
+class FillReport:
+    """What budget filling added, in the order it added them."""
+
+    added: list[dict] = field(default_factory=list)
+
+    @property
+    def expert_units(self) -> int:
+        return sum(1 for r in self.added if r["unit"] == "expert")
+
+    @property
+    def rank_units(self) -> int:
+        return sum(1 for r in self.added if r["unit"] == "rank")
+
+
 def fit_budget(
     allocation: Allocation,
     gsvs: Mapping[str, ModuleGSVs],
@@ -237,7 +252,7 @@ def fill_budget(
     r_max: int | None = None,
     parsimony: float | tuple[float, float] = 0.0,
     needed_only: bool = True,
-) -> tuple[Allocation, FitReport]:
+) -> tuple[Allocation, FillReport]:
     """Spend what ``allocation`` leaves of ``budget``, best predicted value per cost first.
 
     The value of a unit is its smoothed predicted loss decrease less ``parsimony`` times
@@ -250,7 +265,7 @@ def fill_budget(
     rank 1; a **rank unit** adds the next rank row of a kept expert. Modules that need
     nothing therefore stay where the search left them, however large the budget.
     """
-    report = FitReport()
+    report = FillReport()
     if not budget.active:
         return allocation, report
     names = list(allocation.modules)
@@ -298,7 +313,7 @@ def fill_budget(
         else:
             ranks[unit[1]][unit[2]] += 1
         left -= c
-        report.removed.append(
+        report.added.append(
             {
                 "unit": unit[0],
                 "where": unit[1],

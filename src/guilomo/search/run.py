@@ -8,7 +8,6 @@ model (``val/final_loss``, the outer objective), trainable parameters and the bu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from guilomo.allocation import uniform
 from guilomo.allocation_view import allocation_scalars, log_allocation, save_heatmap
@@ -34,18 +33,10 @@ from guilomo.pipeline import (
     run_dir,
 )
 from guilomo.search.checks import search_fingerprint, validate_search
-from guilomo.search.config import SearchSettings
-from guilomo.search.diagnostics import SearchWarning, report_lines, report_warnings
-from guilomo.search.layer import expert_groups, inject_search_adapter
+from guilomo.search.diagnostics import SearchWarning
+from guilomo.search.layer import inject_search_adapter
 from guilomo.search.module import SearchModule
-from guilomo.search.readout import (
-    ModuleCredits,
-    collect_gsvs,
-    fit_budget,
-    minimum_allocation,
-    read_allocation,
-    spend_budget,
-)
+from guilomo.search.readout import minimum_allocation
 from guilomo.utils.io import atomic_write_text
 from guilomo.utils.kept import keep_finished_work
 from guilomo.utils.loggers import config_params, log_final, log_params, run_identity
@@ -56,10 +47,6 @@ log = logging.getLogger(__name__)
 ALLOCATION_FILE = "allocation.json"
 HEATMAP_FILE = "allocation_heatmap.png"
 METRICS_FILE = "metrics.json"
-
-
-def search_settings(cfg: DictConfig) -> SearchSettings:
-    return SearchSettings.from_dict(OmegaConf.to_container(cfg.search, resolve=True))
 
 
 @torch.no_grad()
@@ -79,22 +66,6 @@ def heldout_loss(module: SearchModule, datamodule, progress=None) -> float | Non
     return total / tokens if tokens else None
 
 
-def collect_credits(module: SearchModule) -> dict[str, ModuleCredits]:
-    """The credit meter's smoothed credit of every search layer (for budget filling)."""
-    ids = [id(p) for p in module._gsv]
-    mean = dict(zip(ids, module.meter.corrected(), strict=True))
-    dev = dict(zip(ids, module.meter.deviation(), strict=True))
-    return {
-        n: ModuleCredits(
-            mean[id(m.gsv_expert)].cpu(),
-            mean[id(m.gsv_rank)].cpu(),
-            dev[id(m.gsv_expert)].cpu(),
-            dev[id(m.gsv_rank)].cpu(),
-        )
-        for n, m in module._layers.items()
-    }
-
-
 @task_wrapper
 def run_search(cfg: DictConfig) -> Path:
     """Search, read out, fit the budget, write ``<run dir>/allocation.json``; returns its path."""
@@ -102,8 +73,6 @@ def run_search(cfg: DictConfig) -> Path:
     settings = validate_search(cfg)  # every check that needs no weights, before the load
     L.seed_everything(cfg.seed, workers=True)
     lora = build_lora_config(cfg)
-    if settings.init is not None:  # search-time A/B init may differ from the fine-tune's
-        lora = dataclasses.replace(lora, init=settings.init)
 
     model, tokenizer = build_backbone(cfg)
     targets = build_targets(cfg, model)
@@ -125,24 +94,7 @@ def run_search(cfg: DictConfig) -> Path:
     # the GSV init's seed apart from the data's (cfg.seed: shuffling, dropout), so each
     # can be varied alone
     init_seed = int(cfg.seed if settings.init_seed is None else settings.init_seed)
-    inject_search_adapter(
-        model,
-        names,
-        n_max=settings.n_max,
-        r_max=settings.r_max,
-        top_k=settings.top_k,
-        config=lora,
-        rank_mask=settings.rank_mask,
-        granularity=settings.granularity,
-        seed=init_seed,
-        expert_signal=settings.expert_signal,
-        expert_credit=settings.expert_credit,
-        rank_credit=settings.rank_credit,
-        start=settings.start,
-        start_experts=settings.start_experts,
-        start_rank=settings.start_rank,
-        probe=settings.probe,
-    )
+    inject_search_adapter(model, names, settings, config=lora, seed=init_seed)
     module = SearchModule(
         model,
         settings,
@@ -167,11 +119,6 @@ def run_search(cfg: DictConfig) -> Path:
     val_loss = heldout_loss(module, datamodule, eval_progress("held-out loss", show))
 
     out = run_dir(cfg)
-    gsvs = collect_gsvs(model)
-    if not module.diagnostics.started:  # no step ran
-        module.diagnostics.start(module.selection(), trainer.global_step)
-    diagnostics = module.diagnostics.report()  # the GSV read-out, before budget fitting
-    diagnostics.update(module.control_report())
     meta = {
         "source": "guilomo-search",
         "method": "guilomo",
@@ -189,35 +136,8 @@ def run_search(cfg: DictConfig) -> Path:
         "steps": int(trainer.global_step),
         "search_seconds": round(search_seconds, 1),
     }
-    read = read_allocation(gsvs, top_k=settings.top_k, meta=meta)
-    groups = expert_groups(names, settings.granularity)
-    allocation, report = fit_budget(read, gsvs, budget, shapes, groups, settings.min_experts)
-    fit = report.summary()
-    if module.pricing is not None:  # the budget was in the search: spend what it left
-        credits = collect_credits(module)
-        allocation, filled = spend_budget(
-            allocation,
-            credits,
-            budget,
-            shapes,
-            groups,
-            parsimony=settings.parsimony,
-            fill=settings.budget_fill,
-        )
-        fit.update(mode="lagrangian", **filled)
-    elif budget.active:
-        fit["mode"] = "posthoc"
-    allocation.meta.update(
-        {
-            "budget": budget.to_dict(),
-            "budget_spent": budget.measure(allocation, shapes) if budget.active else None,
-            "read_out": {"experts": read.total_experts, "total_rank": read.total_rank},
-            "budget_fit": fit,
-            "trainable_params": allocation.trainable_params(shapes),
-            "search": settings.to_dict(),
-            "diagnostics": diagnostics,
-        }
-    )
+    outcome = module.loop.finish(shapes, trainer.global_step, meta)
+    allocation, diagnostics = outcome.allocation, outcome.diagnostics
     path = out / ALLOCATION_FILE
     if not trainer.is_global_zero:  # data-parallel: every process holds the same GSVs
         return path
@@ -266,13 +186,8 @@ def run_search(cfg: DictConfig) -> Path:
             result["trainable_params"],
             "-" if val_loss is None else f"{val_loss:.4f}",
         )
-    spent_record = {
-        **budget.to_dict(),
-        "spent": allocation.meta["budget_spent"],
-        "fit": allocation.meta["budget_fit"],
-    }
-    print("\n".join(report_lines(diagnostics, spent_record if budget.active else None)))
-    for warning in report_warnings(diagnostics):
+    print("\n".join(outcome.report_lines()))
+    for warning in outcome.warnings():
         warnings.warn(warning, SearchWarning, stacklevel=2)
     print(f"allocation: {path}")
     return path

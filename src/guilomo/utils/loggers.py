@@ -96,13 +96,6 @@ def log_params(loggers: Iterable[Logger], params: Mapping) -> None:
         lg.save()
 
 
-def log_scalars(loggers: Iterable[Logger], scalars: Mapping[str, float], step: int) -> None:
-    """Numbers at ``step`` in every logger."""
-    for lg in loggers or []:
-        lg.log_metrics(dict(scalars), step=step)
-        lg.save()
-
-
 def log_final(
     loggers: Iterable[Logger], params: Mapping, scalars: Mapping[str, float], step: int
 ) -> None:
