@@ -502,6 +502,9 @@ def test_every_allocation_config_builds(tmp_path):
         "alphalora",
         "random",
         "concentrated",
+        "concentrated_low",
+        "shuffled",
+        "inverted",
     } <= names
     saved = make_baseline("uniform", SMOLLM2, experts=4).save(tmp_path / "allocation.json")
     alphas = {layer: 2.0 + layer / 10 for layer in range(30)}
@@ -520,7 +523,11 @@ def test_every_allocation_config_builds(tmp_path):
             with open_dict(spec):
                 spec.alphas = alphas
         # adalora and concentrated size ranks only: a params or rank budget
-        budget = Budget("rank" if f.stem in ("adalora", "concentrated") else "experts", 900)
+        ranks_only = ("adalora", "concentrated", "concentrated_low")
+        budget = Budget("rank" if f.stem in ranks_only else "experts", 900)
+        if f.stem in ("shuffled", "inverted"):  # placements of a searched file, its size
+            assert OmegaConf.to_container(OmegaConf.load(f))["from_file"] == "${searched}"
+            spec.from_file = str(saved)
         if f.stem == "concentrated":
             assert OmegaConf.to_container(OmegaConf.load(f))["from_file"] == "${searched}"
             spec.module_kind = "k_proj"
@@ -529,6 +536,10 @@ def test_every_allocation_config_builds(tmp_path):
         assert set(a.modules) == set(SMOLLM2), f.name
         if f.stem == "random":
             assert a.total_experts == 900
+        if f.stem in ("shuffled", "inverted"):
+            assert a.total_experts == 4 * len(SMOLLM2) and a.method == f.stem
+        if f.stem == "concentrated_low":
+            assert a.method == "concentrated_low" and a.total_rank <= 900
     assert per_layer(make_baseline("lora", SMOLLM2)) == [1] * 30
 
 

@@ -400,8 +400,8 @@ def _grow(
     r_max: int,
 ) -> Allocation:
     """``alloc`` with only the modules of ``tier`` grown in proportion to spend what the
-    others leave of ``budget`` (ranks to ``r_max``, then experts to ``n_max`` and ranks
-    again; experts alone under an ``experts`` budget)."""
+    others leave of ``budget`` (ranks to ``r_max``, then new experts of rank 1 up to
+    ``n_max`` and the ranks again; experts alone under an ``experts`` budget)."""
     fixed = {n: m for n, m in alloc.modules.items() if n not in tier}
     part = Allocation({n: alloc.modules[n] for n in tier}, alloc.top_k, dict(alloc.meta))
     sub_shapes = {n: shapes[n] for n in tier}
@@ -412,10 +412,36 @@ def _grow(
         part = scale_to_budget(part, sub, sub_shapes, mode="experts", cap=n_max)
     else:
         part = scale_to_budget(part, sub, sub_shapes, mode="rank", cap=r_max)
-        room = part.total_experts < n_max * len(part.modules)
-        if room and sub.measure(part, sub_shapes) < sub.value:
-            # every rank at r_max and budget left: more experts, then ranks again
-            part = scale_to_budget(part, sub, sub_shapes, mode="experts", cap=n_max)
-            part = scale_to_budget(part, sub, sub_shapes, mode="rank", cap=r_max)
+        while sub.measure(part, sub_shapes) < sub.value:
+            # ranks at r_max where they could grow, budget left: a new expert of rank 1
+            # where it fits (largest modules first), then the ranks grow again
+            bigger = _add_experts(part, sub, sub_shapes, n_max)
+            if bigger is None:
+                break
+            part = scale_to_budget(bigger, sub, sub_shapes, mode="rank", cap=r_max)
     modules = {n: part.modules[n] if n in part.modules else alloc.modules[n] for n in alloc.modules}
     return Allocation(modules, alloc.top_k, part.meta)
+
+
+def _add_experts(
+    alloc: Allocation, budget: Budget, shapes: Mapping[str, tuple[int, int]], n_max: int
+) -> Allocation | None:
+    """``alloc`` with one more expert of rank 1 in every module below ``n_max`` experts
+    where it still fits ``budget``, visiting the modules by decreasing size (parameters;
+    ties in module order); None when no expert fits."""
+    ranks = {n: list(m.ranks) for n, m in alloc.modules.items()}
+    order = sorted(ranks, key=lambda n: -alloc.modules[n].params(*shapes[n]))
+    spent, added = budget.measure(alloc, shapes), False
+    for n in order:
+        if len(ranks[n]) >= n_max:
+            continue
+        step = budget.cost([*ranks[n], 1], shapes[n]) - budget.cost(ranks[n], shapes[n])
+        if spent + step <= budget.value:
+            ranks[n].append(1)
+            spent += step
+            added = True
+    if not added:
+        return None
+    return Allocation(
+        {n: ModuleAllocation(tuple(r)) for n, r in ranks.items()}, alloc.top_k, alloc.meta
+    )
