@@ -87,8 +87,8 @@ def test_sensitivity_script_on_tiny_llama(tmp_path):
             "bash",
             str(ROOT / "scripts" / "sensitivity.sh"),
             "backbone=tiny_llama",
-            "task=vader_polarity",
-            "task.datamodule.task_kwargs.data_dir=" + str(ROOT / "tests" / "fixtures"),
+            "task=chatterbot_topic",
+            "task.datamodule.max_train_examples=32",
             "budget=params",
             "budget.value=30000",
             "trainer.max_steps=3",
@@ -110,4 +110,4 @@ def test_sensitivity_script_on_tiny_llama(tmp_path):
             kind = method.split("_d")[0]
             assert (tmp_path / "sens" / kind / method / f"seed{seed}" / "metrics.json").is_file()
     verdict = (tmp_path / "sens" / "verdict.md").read_text()
-    assert "verdict tiny_llama/vader_polarity at params=30000: this setting" in verdict
+    assert "verdict tiny_llama/chatterbot_topic at params=30000: this setting" in verdict
