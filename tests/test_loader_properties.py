@@ -114,6 +114,13 @@ def test_random_allocation_documents(data):
 
 
 @SETTINGS
+@given(valid_document)
+def test_valid_allocation_documents_are_accepted(data):
+    # the property above also holds for a loader that rejects everything: this one does not
+    _check_loaded(_load_text(json.dumps(data)), data)
+
+
+@SETTINGS
 @given(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from(["cut", "flip", "duplicate"]))
 def test_corrupted_allocation_files(seed, byte, how):
     good = random_allocation(
@@ -136,6 +143,11 @@ def test_corrupted_allocation_files(seed, byte, how):
     event(f"{how}: accepted")
     assert how != "duplicate"
     _check_loaded(alloc, json.loads(text))
+
+
+def test_an_untouched_file_is_accepted():
+    good = random_allocation(NAMES, seed=3, max_experts=4, max_rank=4, backbone="tiny")
+    _check_loaded(_load_text(json.dumps(good.to_dict())), good.to_dict())
 
 
 # -- adapter folders ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from helpers import ROOT
@@ -86,9 +87,13 @@ def _assert_same_tensors(a, b, where=""):
         for k in a:
             _assert_same_tensors(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
+        assert type(a) is type(b) and len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_same_tensors(x, y, f"{where}[{i}]")
+    elif isinstance(a, np.ndarray):  # numpy's RNG state
+        assert isinstance(b, np.ndarray) and np.array_equal(a, b), where
+    else:  # every other leaf (step counts, learning rates, Python's RNG state) too
+        assert type(a) is type(b) and a == b, (where, a, b)
 
 
 def _assert_same_checkpoints(full, cut):

@@ -1,6 +1,7 @@
 """Runs never share a folder: default run folders are unique even for runs started in
 the same second, and a run refuses a folder another live run is using."""
 
+import datetime
 import json
 import os
 import re
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core import utils as hydra_utils
 from omegaconf import OmegaConf
 
 from guilomo.rundir import RunDirInUse, claim, release
@@ -117,7 +119,18 @@ def test_claim_is_exclusive_between_processes_and_dropped_on_exit(tmp_path):
     release(tmp_path)
 
 
-def test_default_folders_differ_for_runs_composed_in_the_same_second():
+class _HeldClock(datetime.datetime):
+    """``datetime`` whose ``now()`` is always the same instant."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 1, 1, 12, 0, 0)
+
+
+def test_default_folders_differ_for_runs_composed_in_the_same_second(monkeypatch):
+    # the clock held: Hydra's ${now:...} answers the same second for both runs, so only
+    # the run's token tells their default folders apart
+    monkeypatch.setattr(hydra_utils, "datetime", _HeldClock)
     dirs = []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for _ in range(2):
@@ -126,4 +139,5 @@ def test_default_folders_differ_for_runs_composed_in_the_same_second():
             assert str(cfg.hydra.run.dir) == run  # stable within one config (cached)
             dirs.append((run, sweep))
     assert dirs[0][0] != dirs[1][0] and dirs[0][1] != dirs[1][1]
-    assert re.search(r"runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}$", dirs[0][0])
+    assert re.search(r"runs/2026-01-01_12-00-00_[0-9a-f]{6}$", dirs[0][0])
+    assert dirs[1][0].rsplit("_", 1)[0] == dirs[0][0].rsplit("_", 1)[0]  # the same second
