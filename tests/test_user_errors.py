@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
+
+from guilomo.utils.task import _resume_hint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["backbone=tiny_llama", "debug=fast"]
@@ -123,3 +126,15 @@ def test_full_error_shows_the_traceback(tmp_path):
     )
     assert env_run.returncode == 1 and "seeed" in env_run.stderr
     assert "Traceback" in env_run.stderr
+
+
+def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path):
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"")
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "task_name": "train"})
+    hint = _resume_hint(cfg)
+    assert f"the last checkpoint is {ckpt}" in hint
+    assert f"resume with: python train.py hydra.run.dir={tmp_path} ckpt_path={ckpt}" in hint
+    empty = OmegaConf.create({"paths": {"output_dir": str(tmp_path / "none")}})
+    assert "no checkpoint was written yet" in _resume_hint(empty)
