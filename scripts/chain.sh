@@ -50,5 +50,5 @@ set -x
 status=0
 "$PYTHON" train.py -m "experiment=${name}_train" "seed=$SEEDS" "task=$TASKS" \
     "allocation=$METHODS" "hydra.sweep.dir=$sweep" "$@" "${train_args[@]}" || status=$?
-"$PYTHON" -m guilomo.results "$sweep" --csv "$sweep/results.csv" | tee "$sweep/results.md"
+"$PYTHON" -m guilomo.results "$sweep" --csv "$sweep/results.csv" --overwrite | tee "$sweep/results.md"
 exit "$status"

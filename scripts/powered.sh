@@ -38,5 +38,5 @@ for cell in $CELLS; do
             || echo "train $name $task seed $seed failed" >&2
     done
 done
-"$PYTHON" -m guilomo.results --paired guilomo "$root/train" --csv "$root/results.csv" \
+"$PYTHON" -m guilomo.results --paired guilomo "$root/train" --csv "$root/results.csv" --overwrite \
     | tee "$root/results.md"

@@ -162,3 +162,14 @@ def test_unknown_request_is_refused_with_what_is_present(tmp_path, args, key, pr
     assert isinstance(message, str) and message.startswith(f"error: {key}:")
     assert "\n" not in message and message.endswith(f"present: {present}")
     assert tree(tmp_path) == before and not csv_path.exists()
+
+
+def test_an_existing_csv_is_refused_unless_overwrite(tmp_path, capsys):
+    make_runs(tmp_path / "runs")
+    csv_file = tmp_path / "results.csv"
+    csv_file.write_text("mine\n")
+    with pytest.raises(SystemExit, match=r"--csv=.*already exists.*--overwrite"):
+        results.main([str(tmp_path / "runs"), "--csv", str(csv_file)])
+    assert csv_file.read_text() == "mine\n"
+    assert results.main([str(tmp_path / "runs"), "--csv", str(csv_file), "--overwrite"]) == 0
+    assert csv_file.read_text().startswith("backbone,task,method")

@@ -50,6 +50,7 @@ from pathlib import Path
 import yaml
 
 from guilomo.allocation import method_name
+from guilomo.utils.io import check_output
 
 METRICS_FILE = "metrics.json"
 ZERO_SHOT = "zero_shot"
@@ -532,14 +533,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stage", default="finetuned", help="finetuned (default) or zero_shot")
     p.add_argument("--csv", default="results.csv", help="CSV output ('' for none)")
     p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --csv file (else refused)"
+    )
+    p.add_argument(
         "--paired",
         metavar="METHOD",
         default=None,
         help="also the paired report: METHOD (e.g. guilomo) minus every other method",
     )
     args = p.parse_args(argv)
-    runs = collect(args.dirs)
-    try:
+    try:  # before any work: an existing CSV is the user's, and the runs are inputs
+        if args.csv:
+            check_output(
+                args.csv,
+                {"DIR": d for d in args.dirs if Path(d).is_file()},
+                args.overwrite,
+                kind="file",
+                key="--csv",
+                switch="--overwrite",
+            )
+        runs = collect(args.dirs)
         check_request(runs, args.metric, args.stage, args.paired)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None

@@ -67,12 +67,14 @@ def check_output(
     protected: Mapping[str, Path | None] | None = None,
     kind: str = "folder",
     key: str = "out",
+    switch: str = "overwrite=true",
 ) -> Path:
     """``out`` made absolute, or an :class:`OutputError` naming ``key=`` and the fix.
 
     ``inputs``: ``{key: path}`` of what the command reads (never written, inside or
     around); ``protected``: ``{description: folder}`` whose existing entries are never
-    replaced (a new name inside is fine); ``kind``: ``folder`` or ``file``.
+    replaced (a new name inside is fine); ``kind``: ``folder`` or ``file``; ``switch``:
+    how the command spells its overwrite switch, for the messages.
     """
     path = Path(out).expanduser().resolve()
     for name, given in (inputs or {}).items():
@@ -81,7 +83,7 @@ def check_output(
         if rel:
             raise OutputError(
                 f"{key}={out} {rel} the input {name}={given}: writing there would destroy it "
-                "(overwrite=true does not allow that); choose a path outside it"
+                f"({switch} does not allow that); choose a path outside it"
             )
     for what, folder in (protected or {}).items():
         where = None if folder is None else folder.resolve()
@@ -89,7 +91,7 @@ def check_output(
             where in path.parents and os.path.lexists(path)
         ):
             raise OutputError(
-                f"{key}={out} would replace files of {what} {folder} (overwrite=true does not "
+                f"{key}={out} would replace files of {what} {folder} ({switch} does not "
                 "allow that); choose a new name"
             )
     if kind == "file" and path.is_dir():
@@ -98,7 +100,7 @@ def check_output(
         what = "folder" if path.is_dir() else "file"
         raise OutputError(
             f"{key}={out} already exists and is not empty (a {what}): choose a new {kind} or "
-            "pass overwrite=true"
+            f"pass {switch}"
         )
     parent = next(p for p in path.parents if os.path.lexists(p))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
