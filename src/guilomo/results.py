@@ -546,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.csv:
             check_output(
                 args.csv,
-                {"DIR": d for d in args.dirs if Path(d).is_file()},
+                {str(d): d for d in args.dirs if Path(d).is_file()},
                 args.overwrite,
                 kind="file",
                 key="--csv",
