@@ -5,6 +5,7 @@ import pytest
 from compose import compose_cfg, options
 from lightning.pytorch import Trainer
 
+from guilomo.baselines import uniform_moe
 from guilomo.budget import Budget
 from guilomo.finetune.allocation import resolve_allocation
 from guilomo.moe import LoraMoEConfig
@@ -63,6 +64,17 @@ def test_allocations_instantiate(allocation, tiny, tmp_path):
         over = ["allocation.module_kind=k_proj", "budget=rank", "budget.value=50"]
         cfg = compose_cfg(
             "train", ["backbone=tiny_llama", "allocation=concentrated", *over], tmp_path
+        )
+    if allocation == "concentrated_low":  # a params or rank budget
+        over = ["budget=rank", "budget.value=50"]
+        cfg = compose_cfg(
+            "train", ["backbone=tiny_llama", f"allocation={allocation}", *over], tmp_path
+        )
+    if allocation in ("shuffled", "inverted"):  # placements of a searched file
+        searched = uniform_moe(build_targets(cfg, tiny[0]), 2, 2).save(tmp_path / "searched.json")
+        over = [f"searched={searched}"]
+        cfg = compose_cfg(
+            "train", ["backbone=tiny_llama", f"allocation={allocation}", *over], tmp_path
         )
     targets = build_targets(cfg, tiny[0])
     alloc = resolve_allocation(cfg, targets, 2)
