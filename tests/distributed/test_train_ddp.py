@@ -59,7 +59,11 @@ def test_train_ddp_writes_once_gathers_metrics_and_resumes(tmp_path):
     dm.setup("fit")
     one = evaluate_datamodule(model, tok, dm, cfg.eval)
     assert one["n"] == 9
-    assert one == got
+    # the held-out loss is a float sum whose order differs between one and two shards
+    assert one["nll"] == pytest.approx(got["nll"], rel=1e-6)
+    assert {k: v for k, v in one.items() if k != "nll"} == {
+        k: v for k, v in got.items() if k != "nll"
+    }
 
     # interrupted after the first epoch (4 steps), resumed under DDP: same end
     part = tmp_path / "part"

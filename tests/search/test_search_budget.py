@@ -25,6 +25,21 @@ from guilomo.budget import Budget
 
 # seed 0 in the fast suite, every seed in the slow one (make test-slow, run by CI)
 SEEDS = (0, *(pytest.param(s, marks=pytest.mark.slow) for s in (1, 2, 3, 4, 5)))
+# seeds where, through the product's own search loop (issue 25), the claim does not hold;
+# strict: they fail the suite the day they pass (docs/search_study.md section 7.1)
+LOOP_GAP = "through the product's search loop this seed does not hold (issue 25 re-measure)"
+
+
+def seeds_except(*failing: int):
+    """``SEEDS`` with the seeds in ``failing`` marked as strict expected failures."""
+    gap = pytest.mark.xfail(strict=True, reason=LOOP_GAP)
+    slow = pytest.mark.slow
+    return (
+        0,
+        *(pytest.param(s, marks=[slow, *([gap] if s in failing else [])]) for s in range(1, 6)),
+    )
+
+
 # the final allocation keeps only what the search values (the default fill spends the rest)
 NEEDED = planted_settings(budget_fill="needed")
 
@@ -50,7 +65,7 @@ def test_rank_goes_to_the_module_that_needs_it(seed):
     assert budget.measure(spent, {}) == 12  # a rank budget is spent exactly
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", seeds_except(1, 3))
 def test_graded_rank_needs_are_ranked_in_order(seed):
     budget = Budget("rank", 18)
     read, final = search(["rank:6", "rank:3", "rank:1"], seed, budget, settings=NEEDED)
@@ -75,7 +90,7 @@ def test_experts_go_to_the_module_that_needs_them(seed):
         assert budget.measure(alloc, {}) <= 6 and in_search_space(alloc)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", seeds_except(2))
 def test_nothing_to_learn_leaves_the_minimum(seed):
     budget = Budget("rank", 40)  # room for 20 rank units more than the minimum
     read, spent = search(["noise", "noise"], seed, budget, start=(4, 4))
