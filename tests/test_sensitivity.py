@@ -90,7 +90,7 @@ def test_sensitivity_script_on_tiny_llama(tmp_path):
             "task=chatterbot_topic",
             "task.datamodule.max_train_examples=32",
             "budget=params",
-            "budget.value=30000",
+            "budget.value=12000",
             "trainer.max_steps=3",
             "eval.mode=loss",
             "eval.zero_shot=false",
@@ -110,4 +110,4 @@ def test_sensitivity_script_on_tiny_llama(tmp_path):
             kind = method.split("_d")[0]
             assert (tmp_path / "sens" / kind / method / f"seed{seed}" / "metrics.json").is_file()
     verdict = (tmp_path / "sens" / "verdict.md").read_text()
-    assert "verdict tiny_llama/chatterbot_topic at params=30000: this setting" in verdict
+    assert "verdict tiny_llama/chatterbot_topic at params=12000: this setting" in verdict
