@@ -20,7 +20,7 @@ import pytest
 from helpers import ROOT, SUBPROCESS_ENV, make, single, tree
 
 from guilomo.moe.io import CONFIG_FILE
-from guilomo.tools import export_peft, generate, merge, push
+from guilomo.tools import collapsing, export_peft, generate, merge, push
 from guilomo.utils.cli import run
 from guilomo.utils.io import staged_folder
 
@@ -97,7 +97,10 @@ def _no_model(*args, **kwargs):
 @pytest.mark.parametrize("tool, out, extra, want", REFUSED)
 def test_refused_out_is_one_line_before_any_work(root, monkeypatch, tool, out, extra, want):
     module = TOOLS[tool]
-    monkeypatch.setattr(module, "from_pretrained", _no_model)
+    # export_peft and merge load through guilomo.tools.collapsing, generate itself
+    monkeypatch.setattr(collapsing, "from_pretrained", _no_model)
+    if hasattr(module, "from_pretrained"):
+        monkeypatch.setattr(module, "from_pretrained", _no_model)
     before = tree(root)
     with pytest.raises(SystemExit) as e:
         run(lambda: module.main(_argv(root, tool, out, extra)))

@@ -5,13 +5,13 @@ Each case runs the real command line (Hydra included) on tiny_llama; the validat
 runs in the run-folder callback, before Hydra writes its ``.hydra/`` record or job log.
 """
 
-import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import tree as helpers_tree
 from omegaconf import OmegaConf
 
 from guilomo.utils.task import _resume_hint
@@ -22,12 +22,8 @@ LOCK = ".guilomo.lock"  # the run lock: rewritten with the pid of whoever claims
 
 
 def tree(folder: Path) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file under ``folder`` but the lock."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != LOCK
-    }
+    """:func:`helpers.tree` of ``folder`` without the lock (rewritten by every claim)."""
+    return {k: v for k, v in helpers_tree(folder).items() if Path(k).name != LOCK}
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:

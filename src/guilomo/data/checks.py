@@ -15,15 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from guilomo.data.tasks import get_task
-from guilomo.data.tasks.hub import BUILDERS
+from guilomo.data.tasks.hub import looks_local
 from guilomo.utils.checks import ConfigError
 
 KEY = "task.datamodule.task_kwargs"
 
 
 def _is_hub_id(path: str) -> bool:
-    p = Path(path).expanduser()
-    return not p.exists() and not path.startswith((".", "/", "~")) and p.suffix not in BUILDERS
+    return not Path(path).expanduser().exists() and not looks_local(path)
 
 
 def check_jsonl(path: Path, key: str) -> None:

@@ -22,16 +22,10 @@ from __future__ import annotations
 import json
 import sys
 
-from guilomo.data.prompts import read_prompts, render_prompts
-from guilomo.eval.collapse import collapse_measured
-from guilomo.hub import resolve_folder
-from guilomo.moe.collapse import GATES
-from guilomo.moe.io import read_adapter_config
 from guilomo.moe.peft_export import export_peft
-from guilomo.pretrained import from_pretrained
-from guilomo.rundir import run_folder_of
+from guilomo.tools.collapsing import check_args, load_collapsed, read_adapter
 from guilomo.utils.cli import parse_args, run
-from guilomo.utils.io import check_output, staged_folder
+from guilomo.utils.io import staged_folder
 
 USAGE = (
     "usage: python -m guilomo.export_peft adapter=<dir> out=<dir> [only_single=false] "
@@ -71,23 +65,10 @@ def _check_experts(allocation, args: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
-    if not args["adapter"] or not args["out"]:
-        raise SystemExit(f"{USAGE}\nerror: adapter= and out= are required")
-    if args["collapse"] not in ("none", *GATES):
-        raise ValueError(f"collapse={args['collapse']!r} is not one of {['none', *GATES]}")
-    if args["collapse"] != "none" and not args["prompts_file"]:
-        raise SystemExit(f"{USAGE}\nerror: collapse= needs prompts_file=")
-    inputs = {"adapter": args["adapter"], "prompts_file": args["prompts_file"]}
-    run_folder = {"the run folder of adapter=": run_folder_of(args["adapter"])}
-    check_output(args["out"], inputs, args["overwrite"], protected=run_folder)
-    folder = resolve_folder(args["adapter"])
-    allocation, _, meta = read_adapter_config(folder)
+    check_args(args, USAGE)
+    folder, allocation, meta = read_adapter(args)
     _check_experts(allocation, args)
-    texts = read_prompts(args["prompts_file"]) if args["collapse"] != "none" else []
-    model, tokenizer = from_pretrained(folder, allow_base_mismatch=args["allow_base_mismatch"])
-    if args["collapse"] != "none":
-        texts = render_prompts(texts, meta.get("task"), tokenizer=tokenizer)
-        collapse_measured(model, allocation, args["collapse"], tokenizer, texts)
+    model, tokenizer, _, _ = load_collapsed(args, folder, allocation, meta)
     with staged_folder(args["out"]) as tmp:
         report = export_peft(model, meta, tmp, tokenizer, args["only_single"], args["uniform_rank"])
     print(

@@ -21,16 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-from guilomo.data.prompts import read_prompts, render_prompts
-from guilomo.eval.collapse import collapse_measured
-from guilomo.hub import resolve_folder
-from guilomo.moe.collapse import GATES
-from guilomo.moe.io import read_adapter_config
 from guilomo.moe.merge import merge_model
-from guilomo.pretrained import from_pretrained
-from guilomo.rundir import run_folder_of
+from guilomo.tools.collapsing import check_args, load_collapsed, read_adapter
 from guilomo.utils.cli import parse_args, run
-from guilomo.utils.io import check_output, staged_folder
+from guilomo.utils.io import staged_folder
 
 USAGE = (
     "usage: python -m guilomo.merge adapter=<dir> out=<dir> [collapse=none|constant|mean "
@@ -49,25 +43,9 @@ DEFAULTS = {
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
-    if not args["adapter"] or not args["out"]:
-        raise SystemExit(f"{USAGE}\nerror: adapter= and out= are required")
-    if args["collapse"] not in ("none", *GATES):
-        raise ValueError(f"collapse={args['collapse']!r} is not one of {['none', *GATES]}")
-    if args["collapse"] != "none" and not args["prompts_file"]:
-        raise SystemExit(f"{USAGE}\nerror: collapse= needs prompts_file= (see --help)")
-    inputs = {"adapter": args["adapter"], "prompts_file": args["prompts_file"]}
-    run_folder = {"the run folder of adapter=": run_folder_of(args["adapter"])}
-    check_output(args["out"], inputs, args["overwrite"], protected=run_folder)
-    folder = resolve_folder(args["adapter"])
-    allocation, _, meta = read_adapter_config(folder)
-    texts = read_prompts(args["prompts_file"]) if args["collapse"] != "none" else []
-    model, tokenizer = from_pretrained(folder, allow_base_mismatch=args["allow_base_mismatch"])
-    collapsed = None
-    if args["collapse"] != "none":
-        texts = render_prompts(texts, meta.get("task"), tokenizer=tokenizer)
-        allocation, collapsed = collapse_measured(
-            model, allocation, args["collapse"], tokenizer, texts
-        )
+    check_args(args, USAGE)
+    folder, allocation, meta = read_adapter(args)
+    model, tokenizer, allocation, collapsed = load_collapsed(args, folder, allocation, meta)
     with staged_folder(args["out"]) as tmp:
         report = merge_model(model, tokenizer, allocation, meta, tmp, collapsed)
     print(

@@ -158,11 +158,11 @@ def _resume_hint(cfg) -> str:
     if not ckpts:
         return f"interrupted: no checkpoint was written yet in {out} (nothing to resume)"
     script = "search.py" if str(cfg.get("task_name")) == "search" else "train.py"
-    overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
-    return (
-        f"interrupted; the last checkpoint is {ckpts[-1]}\nresume with: python {script} "
-        f"{overrides} hydra.run.dir={out} ckpt_path={ckpts[-1]}".replace("  ", " ")
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    command = " ".join(
+        ["python", script, *overrides, f"hydra.run.dir={out}", f"ckpt_path={ckpts[-1]}"]
     )
+    return f"interrupted; the last checkpoint is {ckpts[-1]}\nresume with: {command}"
 
 
 def metric_value(scalars: Mapping[str, float], name: str | None) -> float | None:

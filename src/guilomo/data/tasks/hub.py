@@ -14,7 +14,8 @@ from pathlib import Path
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def _looks_local(path: str) -> bool:
+def looks_local(path: str) -> bool:
+    """A path meant as a local file or folder (not a hub id), whether or not it exists."""
     return path.startswith((".", "/", "~")) or Path(path).suffix in BUILDERS
 
 
@@ -32,7 +33,7 @@ def load_rows(
         splits = load_dataset(BUILDERS[local.suffix], data_files={"train": str(local)})
     elif local.is_dir():
         splits = load_dataset(str(local))
-    elif _looks_local(path):
+    elif looks_local(path):
         raise FileNotFoundError(
             f"dataset file or directory not found: {local} (set task_kwargs.path)"
         )
