@@ -10,6 +10,8 @@
 #   scripts/sensitivity.sh budget=params budget.value=400000 task=vader_intensity
 #   SEEDS="1 2 3 4 5" OUT=chains/sens scripts/sensitivity.sh experiment=positive_train
 #   SEARCHED=runs/search/allocation.json scripts/sensitivity.sh budget=match ...
+#   SEARCHED='chains/x/search/smollm2_135m/chatterbot_qa/seed{seed}/allocation.json' ...
+#     ({seed} is replaced by each seed: every seed is compared with its own search)
 #
 # Environment: SEEDS (default "1 2 3"), DRAWS (random/shuffled draws per seed, default
 # "1 2 3"), METHODS (default: uniform random concentrated concentrated_low, and with
@@ -27,11 +29,11 @@ SEARCHED=${SEARCHED:-}
 default="uniform random concentrated concentrated_low"
 [ -n "$SEARCHED" ] && default="$default shuffled inverted file"
 METHODS=${METHODS:-$default}
-searched=()
-[ -n "$SEARCHED" ] && searched=("searched=$SEARCHED")
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} WANDB_MODE=${WANDB_MODE:-offline}
 failed=0
 for seed in $SEEDS; do
+    searched=()
+    [ -n "$SEARCHED" ] && searched=("searched=${SEARCHED//\{seed\}/$seed}")
     for method in $METHODS; do
         draws=("")
         case "$method" in random | shuffled) read -ra draws <<< "$DRAWS" ;; esac
