@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from guilomo.allocation import module_params, module_shapes
 from guilomo.budget import Budget
 from guilomo.search.config import SearchSettings
 from guilomo.search.readout import minimum_allocation
@@ -65,12 +66,13 @@ def check_settings(cfg: DictConfig) -> SearchSettings:
 def check_model(cfg: DictConfig, settings: SearchSettings, model, targets: dict) -> dict:
     """The budget's minimum and the search adapter's memory; returns the fingerprint."""
     names = list(targets)
-    shapes = {n: (m.in_features, m.out_features) for n, m in targets.items()}
+    shapes = module_shapes(targets)
     budget = prefixed("budget", Budget.from_config, get(cfg, "budget", None), shapes)
     minimum = minimum_allocation(names, settings.min_experts, settings.top_k)
     prefixed("budget.value", budget.check_minimum, minimum, shapes)
     n, r = settings.n_max, settings.r_max
-    params = sum(n * r * (d_in + d_out) + n * d_in for d_in, d_out in shapes.values())
+    # every module at the search space's maximum: n_max experts of rank r_max and a router
+    params = sum(module_params([r] * n, d_in, d_out) for d_in, d_out in shapes.values())
     check_memory(
         params,
         f"the search adapter ({len(names)} modules x {n} experts of rank {r})",
