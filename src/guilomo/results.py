@@ -438,8 +438,8 @@ def paired_markdown(rows: Sequence[dict], reference: str) -> str:
         + (" (lower is better)" if lower else "")
         + f": {said}, so > 0 means {reference} did better; paired by task, seed and budget "
         "(draws of one method at one seed averaged first): mean ± sample std of the per-seed "
-        "differences, 95 % t-interval over seeds, seeds won/lost; method score: mean ± std "
-        "over its runs; draw std: spread between its draws within a seed"
+        f"differences, 95 % t-interval over seeds, w/l: seeds {reference} won/lost; method "
+        "score: mean ± std over its runs; draw std: spread between its draws within a seed"
     )
     head = [
         "task",
