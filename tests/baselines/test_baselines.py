@@ -5,11 +5,10 @@ and 30 layers with SmolLM2-135M dimensions.
 """
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from compose import compose_cfg
+from compose import CONF, compose_cfg
 from hydra.utils import get_method
 from omegaconf import OmegaConf, open_dict
 from torch import nn
@@ -34,7 +33,6 @@ from guilomo.baselines import (
 from guilomo.budget import Budget, BudgetError
 from guilomo.pipeline import build_allocation
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "allocation"
 MODULES = {
     "q_proj": "self_attn",
     "k_proj": "self_attn",
@@ -489,7 +487,7 @@ def test_random_is_seeded_and_varied():
 
 
 def test_every_allocation_config_builds(tmp_path):
-    files = sorted(CONF.glob("*.yaml"))
+    files = sorted((CONF / "allocation").glob("*.yaml"))
     names = {f.stem for f in files}
     assert {
         "file",
