@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from guilomo.allocation import Allocation, ModuleAllocation
-from guilomo.backbone import load_backbone
+from guilomo.backbone import load_backbone, tiny_model
 from guilomo.moe import LoraMoEConfig, LoraMoELinear, adapter_modules, inject_adapter, save_adapter
 from guilomo.moe.provenance import backbone_record
 
@@ -32,23 +32,18 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 VOCAB = 97
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    """A random 2-layer LLaMA (hidden 64, intermediate 128, 4 heads, 2 kv heads), fp32, eval."""
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        attn_implementation="eager",
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    return model.eval()
+def tiny_llama(seed: int = 0, **config) -> LlamaForCausalLM:
+    """The tests' random LLaMA, built by the product's ``tiny`` source without a tokenizer
+    (:func:`guilomo.backbone.tiny_model`): its 2 layers, hidden 64, intermediate 128, 4
+    heads and 2 kv heads, with a 97-token vocabulary, 64 positions, untied embeddings and
+    eager attention; ``config`` overrides any ``LlamaConfig`` value. fp32, eval."""
+    small = {
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": False,
+        "attn_implementation": "eager",
+    }
+    return tiny_model({**small, **config, "seed": seed}).eval()
 
 
 def linear_names(model: nn.Module) -> list[str]:

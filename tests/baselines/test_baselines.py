@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 from compose import CONF, compose_cfg
+from helpers import tiny_llama
 from hydra.utils import get_method
 from omegaconf import OmegaConf, open_dict
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from guilomo.allocation import Allocation, ModuleAllocation, layer_of
 from guilomo.baselines import (
@@ -549,16 +549,7 @@ def test_make_baseline_errors():
 
 
 def test_make_baseline_on_a_model():
-    config = LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(vocab_size=128)
     a = make_baseline("alphalora", model, total=5)
     assert len(a.modules) == 14 and sum(per_layer(a)) == 5
     assert all(math.isfinite(float(v)) and v > 1 for v in a.meta["layer_alpha"].values())
