@@ -1,6 +1,7 @@
-"""Builders shared by the allocation / LoRA-MoE tests: a tiny random LLaMA, random
-heterogeneous allocations, adapters with non-trivial weights, saved adapter folders; the repo root and
-the environment of tests that start ``train.py`` / ``search.py`` as processes."""
+"""Builders shared by the tests: a tiny random LLaMA, random heterogeneous allocations,
+adapters with non-trivial weights, saved adapter folders; the repo root, the environment
+of tests that start ``train.py`` / ``search.py`` as processes and the overrides that make
+such a run take seconds (:func:`fast`)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,37 @@ SUBPROCESS_ENV = {
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VOCAB = 97
+
+# the default callbacks without progress bar and LR monitor: the model checkpoint alone
+CHECKPOINTS = ["callbacks=default", "~callbacks.rich_progress_bar", "~callbacks.lr_monitor"]
+
+
+def fast(
+    steps: int = 2,
+    examples: int = 16,
+    *,
+    batch: int | None = 4,
+    logger: bool = False,
+    callbacks: str | None = "none",
+) -> list[str]:
+    """Hydra overrides of a train.py / search.py run of seconds, for every test that runs
+    one: the tiny backbone, no progress bar, ``steps`` optimizer steps on the first
+    ``examples`` training examples in batches of ``batch`` (``None``: the task's batch).
+    ``logger=False`` sets ``logger=none`` (``True`` keeps the config's logger);
+    ``callbacks`` is ``"none"``, ``"checkpoints"`` (:data:`CHECKPOINTS`) or ``None`` (the
+    config's). A test appends what it is about (later overrides win)."""
+    out = ["backbone=tiny_llama"]
+    if not logger:
+        out.append("logger=none")
+    out += {"none": ["callbacks=none"], "checkpoints": CHECKPOINTS, None: []}[callbacks]
+    out += [
+        "trainer.enable_progress_bar=false",
+        f"trainer.max_steps={steps}",
+        f"task.datamodule.max_train_examples={examples}",
+    ]
+    if batch is not None:
+        out.append(f"task.datamodule.batch_size={batch}")
+    return out
 
 
 def tiny_llama(seed: int = 0, **config) -> LlamaForCausalLM:

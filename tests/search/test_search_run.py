@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from compose import compose_cfg, options
+from helpers import fast
 from omegaconf import OmegaConf
 
 from guilomo.allocation import Allocation
@@ -16,13 +17,8 @@ from guilomo.moe import LoraMoEConfig, find_targets, inject_adapter, module_shap
 from guilomo.search.run import run_search
 
 FAST = [
-    "backbone=tiny_llama",
-    "callbacks=none",
-    "trainer.enable_progress_bar=false",
-    "trainer.max_steps=3",
+    *fast(steps=3, examples=24, logger=True),
     "trainer.log_every_n_steps=1",
-    "task.datamodule.max_train_examples=24",
-    "task.datamodule.batch_size=4",
     "task.datamodule.val_size=8",
     "search.n_max=4",
     "search.r_max=4",
