@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from compose import compose_cfg, options
-from helpers import ROOT, fast
+from helpers import ROOT, base, fast
 
 from guilomo.allocation import Allocation
 from guilomo.moe import LoraMoEConfig
@@ -31,9 +31,7 @@ CHAIN_METHODS = [*METHODS, "adalora"]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from guilomo.backbone import load_backbone
-
-    return load_backbone("tiny-llama", source="tiny")[1]
+    return base()[1]
 
 
 def test_every_experiment_file_composes_for_its_stage(tmp_path):
