@@ -1,6 +1,7 @@
-"""Builders shared by the allocation / LoRA-MoE tests: a tiny random LLaMA, random
-heterogeneous allocations, adapters with non-trivial weights, saved adapter folders; the repo root and
-the environment of tests that start ``train.py`` / ``search.py`` as processes."""
+"""Builders shared by the tests: a tiny random LLaMA, random heterogeneous allocations,
+adapters with non-trivial weights, saved adapter folders; the repo root, the environment
+of tests that start ``train.py`` / ``search.py`` as processes and the overrides that make
+such a run take seconds (:func:`fast`)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from guilomo.allocation import Allocation, ModuleAllocation
-from guilomo.backbone import load_backbone
+from guilomo.backbone import load_backbone, tiny_model
 from guilomo.moe import LoraMoEConfig, LoraMoELinear, adapter_modules, inject_adapter, save_adapter
 from guilomo.moe.provenance import backbone_record
 
@@ -31,24 +32,50 @@ SUBPROCESS_ENV = {
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VOCAB = 97
 
+# the default callbacks without progress bar and LR monitor: the model checkpoint alone
+CHECKPOINTS = ["callbacks=default", "~callbacks.rich_progress_bar", "~callbacks.lr_monitor"]
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    """A random 2-layer LLaMA (hidden 64, intermediate 128, 4 heads, 2 kv heads), fp32, eval."""
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        attn_implementation="eager",
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    return model.eval()
+
+def fast(
+    steps: int = 2,
+    examples: int = 16,
+    *,
+    batch: int | None = 4,
+    logger: bool = False,
+    callbacks: str | None = "none",
+) -> list[str]:
+    """Hydra overrides of a train.py / search.py run of seconds, for every test that runs
+    one: the tiny backbone, no progress bar, ``steps`` optimizer steps on the first
+    ``examples`` training examples in batches of ``batch`` (``None``: the task's batch).
+    ``logger=False`` sets ``logger=none`` (``True`` keeps the config's logger);
+    ``callbacks`` is ``"none"``, ``"checkpoints"`` (:data:`CHECKPOINTS`) or ``None`` (the
+    config's). A test appends what it is about (later overrides win)."""
+    out = ["backbone=tiny_llama"]
+    if not logger:
+        out.append("logger=none")
+    out += {"none": ["callbacks=none"], "checkpoints": CHECKPOINTS, None: []}[callbacks]
+    out += [
+        "trainer.enable_progress_bar=false",
+        f"trainer.max_steps={steps}",
+        f"task.datamodule.max_train_examples={examples}",
+    ]
+    if batch is not None:
+        out.append(f"task.datamodule.batch_size={batch}")
+    return out
+
+
+def tiny_llama(seed: int = 0, **config) -> LlamaForCausalLM:
+    """The tests' random LLaMA, built by the product's ``tiny`` source without a tokenizer
+    (:func:`guilomo.backbone.tiny_model`): its 2 layers, hidden 64, intermediate 128, 4
+    heads and 2 kv heads, with a 97-token vocabulary, 64 positions, untied embeddings and
+    eager attention; ``config`` overrides any ``LlamaConfig`` value. fp32, eval."""
+    small = {
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": False,
+        "attn_implementation": "eager",
+    }
+    return tiny_model({**small, **config, "seed": seed}).eval()
 
 
 def linear_names(model: nn.Module) -> list[str]:

@@ -126,6 +126,18 @@ def test_tiny_is_deterministic_and_sized(monkeypatch):
     assert not torch.equal(m3.model.embed_tokens.weight, m1.model.embed_tokens.weight)
 
 
+def test_tiny_model_is_the_tiny_sources_model_without_a_tokenizer():
+    """The tests' builder (helpers.tiny_llama, test_eval's model) is the source's own."""
+    rng_before = torch.random.get_rng_state()
+    loaded, tok = load_backbone("t", source="tiny", tiny={"seed": 2})
+    ids = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
+    built = backbone.tiny_model({**ids, "seed": 2}, num_layers=None).eval()
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # caller's RNG untouched
+    sd1, sd2 = loaded.state_dict(), built.state_dict()
+    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    assert backbone.tiny_model({"vocab_size": 97}, num_layers=1).config.num_hidden_layers == 1
+
+
 def test_tiny_fixture_and_dtype(tiny_model_and_tokenizer):
     model, tokenizer = tiny_model_and_tokenizer
     ids = _ids(tokenizer)

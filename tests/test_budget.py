@@ -2,9 +2,9 @@
 
 import pytest
 from compose import compose_cfg
+from helpers import base
 
 from guilomo.allocation import Allocation, AllocationError, ModuleAllocation
-from guilomo.backbone import load_backbone
 from guilomo.baselines import make_baseline
 from guilomo.budget import Budget, BudgetError
 from guilomo.finetune.allocation import resolve_allocation
@@ -82,7 +82,7 @@ def test_match_reads_the_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny():
-    model, _ = load_backbone("tiny-llama", source="tiny")
+    model, _ = base()
     return model
 
 

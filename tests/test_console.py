@@ -9,20 +9,13 @@ import logging
 import warnings
 
 from compose import compose_cfg
+from helpers import fast
 
 from guilomo.finetune.run import run_train
 from guilomo.search.run import run_search
 
 NOISE = ("but have no `validation_step`", "will override existing callbacks")
-FAST = [
-    "backbone=tiny_llama",
-    "logger=none",
-    "callbacks=none",
-    "trainer.enable_progress_bar=false",
-    "trainer.max_steps=2",
-    "task.datamodule.max_train_examples=16",
-    "task.datamodule.batch_size=4",
-]
+FAST = fast()
 
 
 class _Lines(logging.Handler):

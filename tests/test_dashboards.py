@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from compose import compose_cfg
+from helpers import fast
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import OmegaConf
@@ -25,12 +26,7 @@ from guilomo.utils.progress import StepProgressBar
 from guilomo.utils.task import metric_value, task_wrapper, tidy_console_logging
 
 FAST = [
-    "backbone=tiny_llama",
-    "callbacks=none",
-    "trainer.enable_progress_bar=false",
-    "trainer.max_steps=2",
-    "task.datamodule.max_train_examples=16",
-    "task.datamodule.batch_size=4",
+    *fast(logger=True),
     "task.datamodule.val_size=8",
     "eval.limit=8",
     "save_adapter=false",

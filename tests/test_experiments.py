@@ -5,16 +5,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from compose import compose_cfg, options
+from helpers import ROOT, base, fast
 
 from guilomo.allocation import Allocation
 from guilomo.moe import LoraMoEConfig
 from guilomo.pipeline import build_datamodule, build_lora_config
 
-ROOT = Path(__file__).resolve().parents[1]
 PAPER_BACKBONES = ["llama2_7b", "mistral_7b", "llama3_8b"]
 PAPER_TASKS = [
     "scienceqa",
@@ -32,9 +31,7 @@ CHAIN_METHODS = [*METHODS, "adalora"]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from guilomo.backbone import load_backbone
-
-    return load_backbone("tiny-llama", source="tiny")[1]
+    return base()[1]
 
 
 def test_every_experiment_file_composes_for_its_stage(tmp_path):
@@ -98,16 +95,10 @@ def test_cpu_twin_chain_end_to_end_on_tiny(tmp_path):
         "OMP_NUM_THREADS": "1",
     }
     overrides = [
-        "backbone=tiny_llama",
+        *fast(steps=2, examples=16),
         "backbone.loader.num_layers=null",
         "layers=null",
-        "trainer.max_steps=2",
-        "task.datamodule.max_train_examples=16",
         "task.datamodule.val_size=4",
-        "task.datamodule.batch_size=4",
-        "logger=none",
-        "callbacks=none",
-        "trainer.enable_progress_bar=false",
     ]
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "chain.sh"), "cpu_twin", *overrides],

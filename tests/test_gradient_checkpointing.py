@@ -6,7 +6,7 @@ recomputed (their forward runs twice)."""
 
 import torch
 from compose import compose_cfg
-from helpers import randomize_adapter
+from helpers import fast, randomize_adapter
 
 from guilomo.allocation import Allocation, ModuleAllocation
 from guilomo.moe import LoraMoEConfig, aux_loss, find_targets, inject_adapter
@@ -107,15 +107,9 @@ def test_search_run_with_checkpointing_equals_without(tmp_path, monkeypatch):
     import guilomo.search.loop as search_loop
     import guilomo.search.run as search_run
 
-    fast = [
-        "backbone=tiny_llama",
-        "logger=none",
-        "callbacks=none",
-        "trainer.enable_progress_bar=false",
+    overrides = [
+        *fast(steps=2, examples=8),
         "trainer.enable_checkpointing=false",
-        "trainer.max_steps=2",
-        "task.datamodule.max_train_examples=8",
-        "task.datamodule.batch_size=4",
         "task.datamodule.val_size=4",
         "search.n_max=4",
         "search.r_max=4",
@@ -130,7 +124,7 @@ def test_search_run_with_checkpointing_equals_without(tmp_path, monkeypatch):
             search_loop, "collect_gsvs", lambda m, on=on: final.setdefault(on, real(m))
         )
         search_run.run_search(
-            compose_cfg("search", [*fast, f"gradient_checkpointing={on}"], tmp_path / str(on))
+            compose_cfg("search", [*overrides, f"gradient_checkpointing={on}"], tmp_path / str(on))
         )
     assert final[False].keys() == final[True].keys()
     for name, a in final[False].items():

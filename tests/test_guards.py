@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, linear_names, random_allocation, randomize_adapter, tiny_llama
+from helpers import (
+    CHECKPOINTS,
+    ROOT,
+    fast,
+    linear_names,
+    random_allocation,
+    randomize_adapter,
+    tiny_llama,
+)
 from helpers import SUBPROCESS_ENV as ENV
 
 from guilomo.allocation import AllocationError
@@ -17,20 +25,8 @@ from guilomo.guards import FiniteGuard, NonFiniteError, first_non_finite
 from guilomo.moe import LoraMoEConfig, inject_adapter, load_adapter, save_adapter
 from guilomo.moe.io import CONFIG_FILE, WEIGHTS_FILE
 
-CKPT = [
-    "callbacks=default",
-    "~callbacks.rich_progress_bar",
-    "~callbacks.lr_monitor",
-    "callbacks.model_checkpoint.every_n_train_steps=2",
-]
-TINY = [
-    "backbone=tiny_llama",
-    "logger=none",
-    "trainer.enable_progress_bar=false",
-    "trainer.max_steps=6",
-    "task.datamodule.max_train_examples=24",
-    "task.datamodule.batch_size=4",
-]
+CKPT = [*CHECKPOINTS, "callbacks.model_checkpoint.every_n_train_steps=2"]
+TINY = fast(steps=6, examples=24, callbacks=None)  # each test says which callbacks
 STAGES = {
     "train": [
         *TINY,
@@ -72,14 +68,14 @@ def test_exploding_learning_rates_stop_both_stages(tmp_path):
     from guilomo.finetune.run import run_train
     from guilomo.search.run import run_search
 
-    fast = ["callbacks=none", "trainer.max_steps=4"]
+    short = ["callbacks=none", "trainer.max_steps=4"]
     cases = [
         ("train", ["optim.lr=1e30", "optim.warmup_steps=0", "eval.zero_shot=false"], "optim.lr"),
         ("search", ["search.inner.lr=1e30", "search.inner.warmup_steps=0"], "search.inner.lr"),
         ("search", ["search.outer.lr=1e30"], "exploded"),
     ]
     for i, (stage, overrides, message) in enumerate(cases):
-        cfg = compose_cfg(stage, [*STAGES[stage], *fast, *overrides], tmp_path / str(i))
+        cfg = compose_cfg(stage, [*STAGES[stage], *short, *overrides], tmp_path / str(i))
         with pytest.raises(NonFiniteError, match=message):
             (run_train if stage == "train" else run_search)(cfg)
         assert not (tmp_path / str(i) / RESULT[stage]).exists()

@@ -8,7 +8,6 @@ parameters.
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,20 +15,15 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers import ROOT, SUBPROCESS_ENV, fast
 from wandb_records import find_runs
 
 # true integration runs (each case is a Hydra multirun of train.py / search.py processes):
 # make test-slow, run by CI
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = [
-    "backbone=tiny_llama",
-    "callbacks=none",
-    "trainer.enable_progress_bar=false",
-    "trainer.max_steps=2",  # below log_every_n_steps=10: logs must still be sent
-    "task.datamodule.max_train_examples=16",
-    "task.datamodule.batch_size=4",
+    *fast(steps=2, logger=True),  # 2 steps, below log_every_n_steps=10: logs must still be sent
     "task.datamodule.val_size=8",
     "eval.limit=8",
     "save_adapter=false",
@@ -37,15 +31,7 @@ FAST = [
 
 
 def launch(script: str, args: list[str], tmp_path: Path, ok: bool = True):
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "OMP_NUM_THREADS": "1",  # tiny model: threads only contend on 2 shared cores
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-        "PROJECT_ROOT": str(tmp_path),
-    }
+    env = {**SUBPROCESS_ENV, "WANDB_SILENT": "true", "PROJECT_ROOT": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=tmp_path,

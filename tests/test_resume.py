@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, fast
 from helpers import SUBPROCESS_ENV as ENV
 from safetensors.torch import load_file
 
@@ -24,16 +24,10 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 
 COMMON = [
-    "backbone=tiny_llama",
-    "logger=none",
-    "callbacks=default",
-    "~callbacks.rich_progress_bar",
-    "~callbacks.lr_monitor",
+    # 9 steps: the last checkpoint (every 3 steps) is the end; 24 examples in batches of
+    # 4: 6 batches per epoch, step 3 is mid-epoch
+    *fast(steps=9, examples=24, callbacks="checkpoints"),
     "callbacks.model_checkpoint.every_n_train_steps=3",
-    "trainer.enable_progress_bar=false",
-    "trainer.max_steps=9",  # the last checkpoint (every 3 steps) is the end
-    "task.datamodule.max_train_examples=24",  # 6 batches per epoch: step 3 is mid-epoch
-    "task.datamodule.batch_size=4",
     "adapter.dropout=0.1",  # the RNG state must be restored too
 ]
 KILL = ["+callbacks.kill._target_=helpers.KillAt", "+callbacks.kill.at_step=5"]

@@ -10,23 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, SUBPROCESS_ENV, fast
 from hydra import compose, initialize_config_dir
 from hydra.core import utils as hydra_utils
 from omegaconf import OmegaConf
 
 from guilomo.rundir import RunDirInUse, claim, release
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = [
-    "backbone=tiny_llama",
-    "callbacks=default",
-    "~callbacks.rich_progress_bar",
-    "~callbacks.lr_monitor",
-    "trainer.enable_progress_bar=false",
-    "trainer.max_steps=2",
+    *fast(logger=True, callbacks="checkpoints"),
     "trainer.log_every_n_steps=1",
-    "task.datamodule.max_train_examples=16",
-    "task.datamodule.batch_size=4",
     "allocation=lora",
     "eval.limit=4",
     "eval.zero_shot=false",
@@ -34,7 +27,7 @@ FAST = [
 
 
 def _env(root: Path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    env = dict(SUBPROCESS_ENV)
     env["PROJECT_ROOT"] = str(root)  # paths.root_dir: outputs/ goes under the test's folder
     env.pop("GUILOMO_RUN_DIR", None)
     return env

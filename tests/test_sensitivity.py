@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, fast
 
 from guilomo import results
 from guilomo.sensitivity import DOES_NOT, PARTLY, RANKS, main, verdicts
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(root: Path, method: str, seed: int, nll: float) -> None:
@@ -86,18 +85,13 @@ def test_sensitivity_script_on_tiny_llama(tmp_path):
         [
             "bash",
             str(ROOT / "scripts" / "sensitivity.sh"),
-            "backbone=tiny_llama",
+            *fast(steps=3, examples=32, batch=None),
             "task=chatterbot_topic",
-            "task.datamodule.max_train_examples=32",
             "budget=params",
             "budget.value=12000",
-            "trainer.max_steps=3",
             "eval.mode=loss",
             "eval.zero_shot=false",
             "task.datamodule.test_size=16",
-            "logger=none",
-            "callbacks=none",
-            "trainer.enable_progress_bar=false",
         ],
         capture_output=True,
         text=True,

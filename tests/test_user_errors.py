@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 from helpers import tree as helpers_tree
 from omegaconf import OmegaConf
 
 from guilomo.utils.task import _resume_hint
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["backbone=tiny_llama", "debug=fast"]
 LOCK = ".guilomo.lock"  # the run lock: rewritten with the pid of whoever claims the folder
 

@@ -161,21 +161,39 @@ def _tiny_tokenizer(cache_dir: str | os.PathLike | None) -> PreTrainedTokenizerB
     return AutoTokenizer.from_pretrained(str(cache), local_files_only=True)
 
 
-def _build_tiny(
-    tokenizer: PreTrainedTokenizerBase, tiny: dict | None, num_layers: int | None
-) -> PreTrainedModel:
+def _tiny_params(tiny: dict | None, num_layers: int | None) -> tuple[dict[str, Any], int]:
+    """``LlamaConfig`` arguments of the ``tiny`` source (``TINY_DEFAULTS``, then ``tiny``,
+    then ``num_layers``) and the seed of its initialisation."""
     params = {**TINY_DEFAULTS, **(tiny or {})}
     seed = int(params.pop("seed"))
     if num_layers is not None:
         params["num_hidden_layers"] = num_layers
-    params.setdefault("vocab_size", len(tokenizer))
-    params.setdefault("bos_token_id", tokenizer.bos_token_id)
-    params.setdefault("eos_token_id", tokenizer.eos_token_id)
-    params.setdefault("pad_token_id", tokenizer.pad_token_id)
+    return params, seed
+
+
+def tiny_model(tiny: dict | None = None, num_layers: int | None = None) -> LlamaForCausalLM:
+    """The ``tiny`` source's random LLaMA without a tokenizer: ``TINY_DEFAULTS`` with
+    ``tiny``'s ``LlamaConfig`` overrides, initialised from ``tiny["seed"]`` (default 0)
+    without touching the caller's RNG; fp32, train mode. ``vocab_size`` and the special
+    token ids are ``LlamaConfig``'s unless given (:func:`load_backbone` takes them from
+    the tokenizer). The tests build every tiny model with it."""
+    params, seed = _tiny_params(tiny, num_layers)
     config = LlamaConfig(**params)
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG
         torch.manual_seed(seed)
         return LlamaForCausalLM(config)
+
+
+def _build_tiny(
+    tokenizer: PreTrainedTokenizerBase, tiny: dict | None, num_layers: int | None
+) -> PreTrainedModel:
+    from_tokenizer = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return tiny_model({**from_tokenizer, **(tiny or {})}, num_layers)
 
 
 def load_backbone(
@@ -284,12 +302,9 @@ def backbone_skeleton(
             return None
         config = AutoConfig.from_pretrained(str(cache), local_files_only=True)
     else:
-        params = {**TINY_DEFAULTS, **(tiny or {})}
-        params.pop("seed")
+        params, _ = _tiny_params(tiny, num_layers)
         params.setdefault("vocab_size", 8)  # the tokenizer's size; no target depends on it
         config = LlamaConfig(**params)
-        if num_layers is not None:
-            config.num_hidden_layers = num_layers
     if source != "tiny" and num_layers is not None:
         _truncate_config(config, num_layers)
     with torch.device("meta"):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from compose import compose_cfg
 from ddp_helpers import launch
+from helpers import fast
 from hydra.utils import instantiate
 
 from guilomo.pipeline import build_backbone, build_trainer
@@ -31,9 +32,7 @@ def test_fsdp_runs_a_step_on_cpu_if_lightning_allows(tmp_path):
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.precision=32-true",
-        "backbone=tiny_llama",
-        "logger=none",
-        "callbacks=none",
+        *fast(steps=1, examples=8, batch=2),
     ]
     try:
         build_trainer(compose_cfg("train", overrides, tmp_path / "probe"))
@@ -47,13 +46,9 @@ def test_fsdp_runs_a_step_on_cpu_if_lightning_allows(tmp_path):
         "train.py",
         [
             *overrides,
-            "trainer.enable_progress_bar=false",
             "allocation=uniform",
             "allocation.experts=3",
             "allocation.rank=2",
-            "trainer.max_steps=1",
-            "task.datamodule.max_train_examples=8",
-            "task.datamodule.batch_size=2",
             "task.datamodule.test_size=4",
             "eval.zero_shot=false",
         ],

@@ -22,6 +22,7 @@ import pytest
 import torch
 from compose import compose_cfg
 from ddp_helpers import DDP_CPU, Replay, launch, load_records, merge, record_overrides
+from helpers import fast
 
 import guilomo.search.loop as search_loop
 import guilomo.search.run as search_run
@@ -34,13 +35,9 @@ pytestmark = pytest.mark.slow
 TOPICS = "[conversations,emotion,literature,movies,psychology,trivia]"
 STEPS = 3
 COMMON = [
-    "backbone=tiny_llama",
-    "logger=none",
-    "callbacks=none",
-    f"trainer.max_steps={STEPS}",
+    *fast(steps=STEPS, examples=24, batch=None),  # each run sets its batch size
     "trainer.enable_checkpointing=false",
     f"task.datamodule.task_kwargs.topics={TOPICS}",
-    "task.datamodule.max_train_examples=24",
     "task.datamodule.val_size=8",
     "task.datamodule.eval_batch_size=2",
     "search.n_max=4",

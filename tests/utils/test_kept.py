@@ -5,22 +5,13 @@ import json
 
 import pytest
 from compose import compose_cfg
+from helpers import fast
 
 import guilomo.finetune.run as train_run
 import guilomo.search.run as search_run
 from guilomo.utils.kept import AfterTrainingError
 
-FAST = [
-    "backbone=tiny_llama",
-    "logger=none",
-    "callbacks=default",
-    "~callbacks.rich_progress_bar",
-    "~callbacks.lr_monitor",
-    "trainer.enable_progress_bar=false",
-    "trainer.max_steps=2",
-    "task.datamodule.max_train_examples=16",
-    "task.datamodule.batch_size=4",
-]
+FAST = fast(callbacks="checkpoints")
 TRAIN = [*FAST, "allocation=lora", "eval.limit=4", "eval.zero_shot=false"]
 
 

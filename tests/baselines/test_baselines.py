@@ -5,15 +5,14 @@ and 30 layers with SmolLM2-135M dimensions.
 """
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from compose import compose_cfg
+from compose import CONF, compose_cfg
+from helpers import tiny_llama
 from hydra.utils import get_method
 from omegaconf import OmegaConf, open_dict
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from guilomo.allocation import Allocation, ModuleAllocation, layer_of
 from guilomo.baselines import (
@@ -34,7 +33,6 @@ from guilomo.baselines import (
 from guilomo.budget import Budget, BudgetError
 from guilomo.pipeline import build_allocation
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "allocation"
 MODULES = {
     "q_proj": "self_attn",
     "k_proj": "self_attn",
@@ -489,7 +487,7 @@ def test_random_is_seeded_and_varied():
 
 
 def test_every_allocation_config_builds(tmp_path):
-    files = sorted(CONF.glob("*.yaml"))
+    files = sorted((CONF / "allocation").glob("*.yaml"))
     names = {f.stem for f in files}
     assert {
         "file",
@@ -551,16 +549,7 @@ def test_make_baseline_errors():
 
 
 def test_make_baseline_on_a_model():
-    config = LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(vocab_size=128)
     a = make_baseline("alphalora", model, total=5)
     assert len(a.modules) == 14 and sum(per_layer(a)) == 5
     assert all(math.isfinite(float(v)) and v > 1 for v in a.meta["layer_alpha"].values())
