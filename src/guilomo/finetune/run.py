@@ -97,6 +97,8 @@ def result_scalars(result: dict, val: dict | None = None) -> dict[str, float]:
 
 @task_wrapper
 def run_train(cfg: DictConfig) -> dict:
+    """Fine-tune the adapter the allocation names, score the backbone before and the
+    adapter after, write the run folder; returns what ``metrics.json`` holds."""
     validate_train(cfg)  # every check that needs no weights, before the backbone loads
     stage = open_stage(cfg)
     plan = plan_run(stage)
@@ -184,6 +186,8 @@ def add_adapter(stage: Stage, plan: Plan, dm) -> TrainedAdapter:
 
 
 def finetune_module(stage: Stage, plan: Plan, adapter: TrainedAdapter) -> FinetuneModule:
+    """The LightningModule: the optimiser settings, the objective, the adapter's loss term
+    and hooks, and the fingerprint a resumed checkpoint must match."""
     cfg = stage.cfg
     total_steps = cfg.trainer.max_steps if (cfg.trainer.max_steps or -1) > 0 else None
     return FinetuneModule(
