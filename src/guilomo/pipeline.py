@@ -1,23 +1,45 @@
-"""Builders shared by ``search.py`` and ``train.py``: Hydra config -> objects.
+"""What ``search.py`` and ``train.py`` share: Hydra config -> objects, and the stage skeleton.
 
 Each builder instantiates one config group (backbone, task, adapter, allocation,
 logger, callbacks, trainer) so the two entry points stay short and compose the same way.
+
+Both stages then run on the same skeleton: :func:`open_stage` seeds everything and
+builds what they have in common (the run folder, the backbone, the modules it adapts,
+the budget) into a :class:`Stage`, whose methods build the Trainer that names the run,
+log the resolved config, fit, and write ``metrics.json``.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
+import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from guilomo.allocation import Allocation
 from guilomo.baselines.scale import scale_to_budget
 from guilomo.budget import Budget
 from guilomo.checkpointing import enable_gradient_checkpointing
 from guilomo.moe import LoraMoEConfig, find_targets, module_shapes
-from guilomo.utils.loggers import RunIdentity, with_identity
+from guilomo.utils.io import atomic_write_text
+from guilomo.utils.loggers import (
+    RunIdentity,
+    config_params,
+    log_params,
+    run_identity,
+    with_identity,
+)
+
+# the files of a run folder both stages write
+ALLOCATION_FILE = "allocation.json"
+HEATMAP_FILE = "allocation_heatmap.png"
+METRICS_FILE = "metrics.json"
 
 
 def build_backbone(cfg: DictConfig):
@@ -112,3 +134,63 @@ def _instantiate_all(group) -> list:
 
 def _plain(node):
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def search_variant(order: str | None) -> str | None:
+    """The variant the runs of a searched allocation carry: its search order."""
+    return f"{order}_order" if order else None
+
+
+@dataclass
+class Stage:
+    """What both stages build before their own work (:func:`open_stage`)."""
+
+    cfg: DictConfig
+    out: Path  # the run folder
+    model: nn.Module  # the frozen backbone
+    tokenizer: Any
+    targets: dict  # {module path: nn.Linear} the adapter goes into
+    shapes: dict  # {module path: (d_in, d_out)}
+    budget: Budget
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    def trainer(self, stage: str, method: str, budget: dict, variant: str | None, **kwargs):
+        """:func:`build_trainer`, the W&B run named after the stage, method, backbone,
+        task, ``budget`` (the record the run reports), seed and ``variant``."""
+        cfg = self.cfg
+        identity = run_identity(
+            stage, method, cfg.backbone.id, cfg.task.id, budget, cfg.seed, variant
+        )
+        return build_trainer(cfg, identity=identity, **kwargs)
+
+    def log_config(self, trainer, **fields) -> dict:
+        """Every logger gets the resolved config with ``fields`` on top; returns it."""
+        params = config_params(self.cfg, **fields)
+        log_params(trainer.loggers, params)
+        return params
+
+    def fit(self, trainer, module, datamodule) -> None:
+        """``trainer.fit``, resumed from ``ckpt_path`` when one is given."""
+        trainer.fit(module, datamodule=datamodule, ckpt_path=self.cfg.get("ckpt_path"))
+
+    def write_metrics(self, result: dict) -> Path:
+        """``<run folder>/metrics.json`` (written atomically); returns its path."""
+        return atomic_write_text(self.out / METRICS_FILE, json.dumps(result, indent=1) + "\n")
+
+
+def open_stage(cfg: DictConfig) -> Stage:
+    """Seed everything, then build the run folder, the backbone, its targets and the budget.
+
+    The seed comes first: the adapter's initialisation, the data's shuffling and
+    dropout draw from the stream it starts, in the order the stage builds them.
+    """
+    L.seed_everything(cfg.seed, workers=True)
+    out = run_dir(cfg)
+    model, tokenizer = build_backbone(cfg)
+    targets = build_targets(cfg, model)
+    shapes = module_shapes(targets)
+    budget = build_budget(cfg, shapes)  # once: budget=match reads its file here
+    return Stage(cfg, out, model, tokenizer, targets, shapes, budget)

@@ -140,12 +140,13 @@ class AdaLora:
     ``alpha`` and ``dropout`` are the LoRA-MoE adapter's (``adapter.alpha``,
     ``adapter.dropout``): peft scales by ``alpha / init_r``. Call :meth:`set_total_steps`
     before training (:class:`AdaLoraSchedule` does), then :meth:`step` after every
-    optimiser step.
+    optimiser step. A :class:`~guilomo.finetune.adapter.TrainedAdapter`: its
+    :meth:`callbacks` are that schedule, its :meth:`regularizer` joins the training loss.
     """
 
     def __init__(self, model: nn.Module, allocation: Allocation, alpha: float, dropout: float):
         s = allocation.meta[KEY]
-        self.settings, self.model = dict(s), model
+        self.settings, self.model, self.allocation = dict(s), model, allocation
         config = AdaLoraConfig(
             target_modules=sorted(allocation.modules),
             init_r=s["init_r"],
@@ -164,6 +165,15 @@ class AdaLora:
         self.layers = {n: m for n, m in model.named_modules() if isinstance(m, SVDLinear)}
         if set(self.layers) != set(allocation.modules):
             raise AllocationError("peft adapted other modules than the allocation names")
+
+    def trainable_params(self, shapes: Mapping[str, tuple[int, int]]) -> int:
+        """The nominal count of the module docstring: AdaLoRA trains ``init_r`` ranks and
+        keeps ``target_r``, the kept ones are counted."""
+        return self.allocation.trainable_params(shapes)
+
+    def callbacks(self) -> list[L.Callback]:
+        """The rank schedule (:class:`AdaLoraSchedule`)."""
+        return [AdaLoraSchedule(self)]
 
     def set_total_steps(self, total_steps: int) -> None:
         """The run's schedule: ``tinit``/``tfinal`` fractions of ``total_steps``."""
@@ -231,6 +241,10 @@ class AdaLora:
         """peft's adapter folder (only the kept ranks; reload with ``PeftModel.from_pretrained``)."""
         self.peft.save_pretrained(str(path))
         return Path(path)
+
+    def save_card(self, path: str | Path, metrics: Mapping) -> None:
+        """No LoRA-MoE model card: peft's folder keeps its own."""
+        return None
 
 
 class AdaLoraSchedule(L.Callback):

@@ -8,45 +8,41 @@ model (``val/final_loss``, the outer objective), trainable parameters and the bu
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import torch
 from omegaconf import DictConfig
 
 from guilomo.allocation import uniform
 from guilomo.allocation_view import allocation_scalars, log_allocation, save_heatmap
-from guilomo.budget import Budget
 from guilomo.data.datamodule import IGNORE
-from guilomo.moe import module_shapes
 from guilomo.pipeline import (
-    build_backbone,
-    build_budget,
+    ALLOCATION_FILE,
+    HEATMAP_FILE,
+    Stage,
     build_datamodule,
     build_lora_config,
-    build_targets,
-    build_trainer,
-    run_dir,
+    open_stage,
+    search_variant,
 )
 from guilomo.search.checks import search_fingerprint, validate_search
+from guilomo.search.config import SearchSettings
 from guilomo.search.diagnostics import SearchWarning
 from guilomo.search.layer import inject_search_adapter
 from guilomo.search.module import SearchModule
+from guilomo.search.outcome import SearchOutcome
 from guilomo.search.readout import minimum_allocation
-from guilomo.utils.io import atomic_write_text
 from guilomo.utils.kept import keep_finished_work
-from guilomo.utils.loggers import config_params, log_final, log_params, run_identity
+from guilomo.utils.loggers import log_final
 from guilomo.utils.progress import eval_progress
 from guilomo.utils.task import task_wrapper
 
 log = logging.getLogger(__name__)
-ALLOCATION_FILE = "allocation.json"
-HEATMAP_FILE = "allocation_heatmap.png"
-METRICS_FILE = "metrics.json"
+METHOD = "guilomo"
 
 
 @torch.no_grad()
@@ -71,60 +67,133 @@ def run_search(cfg: DictConfig) -> Path:
     """Search, read out, fit the budget, write ``<run dir>/allocation.json``; returns its path."""
     started = time.perf_counter()
     settings = validate_search(cfg)  # every check that needs no weights, before the load
-    L.seed_everything(cfg.seed, workers=True)
-    lora = build_lora_config(cfg)
+    stage = open_stage(cfg)
+    check_budget_fits(stage, settings)
+    datamodule = build_datamodule(cfg, stage.tokenizer)
+    module = build_search_module(stage, settings)
+    variant = search_variant(settings.order)
+    # no Lightning val loop: held-out batches feed the outer step, heldout_loss scores the split
+    trainer = stage.trainer(
+        "search",
+        METHOD,
+        stage.budget.to_dict(),
+        variant,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    params = stage.log_config(trainer, method=METHOD, variant=variant)
+    stage.fit(trainer, module, datamodule)
+    done = read_out(stage, settings, module, trainer, datamodule, started)
+    if not trainer.is_global_zero:  # data-parallel: every process holds the same GSVs
+        return done.path
+    write_results(stage, trainer, params, done, settings.heatmap)
+    print("\n".join(done.outcome.report_lines()))
+    for warning in done.outcome.warnings():
+        warnings.warn(warning, SearchWarning, stacklevel=2)
+    print(f"allocation: {done.path}")
+    return done.path
 
-    model, tokenizer = build_backbone(cfg)
-    targets = build_targets(cfg, model)
-    names = list(targets)
-    shapes = module_shapes(targets)
-    budget: Budget = build_budget(cfg, shapes)
-    # fail before training when not even the smallest allocation fits the budget
-    budget.check_minimum(minimum_allocation(names, settings.min_experts, settings.top_k), shapes)
+
+@dataclass
+class Searched:
+    """A search after ``fit``: its outcome, the allocation's path, what the run reports."""
+
+    outcome: SearchOutcome
+    path: Path
+    val_loss: float | None  # the held-out loss of the searched model
+    variant: str
+    steps: int
+    seconds: float  # the search's time, from the start of the run
+
+
+def check_budget_fits(stage: Stage, settings: SearchSettings) -> None:
+    """Fail before training when not even the smallest allocation fits the budget, and
+    (the default fill spends the budget) when the budget is more than the space holds."""
+    names, budget = list(stage.targets), stage.budget
+    budget.check_minimum(
+        minimum_allocation(names, settings.min_experts, settings.top_k), stage.shapes
+    )
     if settings.budget_mode == "lagrangian" and settings.budget_fill == "spend":
-        # ... and when the budget, which this fill spends, is more than the space holds
         budget.check_maximum(
             uniform(names, settings.n_max, settings.r_max, top_k=settings.top_k),
-            shapes,
+            stage.shapes,
             "raise search.n_max / search.r_max, or set search.budget_fill=needed "
             "(the budget as an upper bound)",
         )
 
-    datamodule = build_datamodule(cfg, tokenizer)
+
+def build_search_module(stage: Stage, settings: SearchSettings) -> SearchModule:
+    """Search layers into every target (GSVs drawn with the init seed), in a SearchModule."""
+    cfg, names = stage.cfg, list(stage.targets)
+    lora = build_lora_config(cfg)
     # the GSV init's seed apart from the data's (cfg.seed: shuffling, dropout), so each
     # can be varied alone
     init_seed = int(cfg.seed if settings.init_seed is None else settings.init_seed)
-    inject_search_adapter(model, names, settings, config=lora, seed=init_seed)
-    module = SearchModule(
-        model,
+    inject_search_adapter(stage.model, names, settings, config=lora, seed=init_seed)
+    return SearchModule(
+        stage.model,
         settings,
         aux_coef=lora.aux_coef,
         aux_reduction=lora.aux_reduction,
-        run_info=search_fingerprint(cfg, model.config.num_hidden_layers, names, settings),
+        run_info=search_fingerprint(cfg, stage.num_layers, names, settings),
         sparse_logits=cfg.sparse_logits,
-        budget=budget,
+        budget=stage.budget,
         init_seed=init_seed,
     )
-    method, variant = "guilomo", f"{settings.order}_order"
-    identity = run_identity(
-        "search", method, cfg.backbone.id, cfg.task.id, budget.to_dict(), cfg.seed, variant
-    )
-    # no Lightning val loop: held-out batches feed the outer step, heldout_loss scores the split
-    trainer = build_trainer(cfg, identity=identity, limit_val_batches=0, num_sanity_val_steps=0)
-    params = config_params(cfg, method=method, variant=variant)
-    log_params(trainer.loggers, params)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    search_seconds = time.perf_counter() - started
-    show = bool(cfg.trainer.get("enable_progress_bar", True))
-    val_loss = heldout_loss(module, datamodule, eval_progress("held-out loss", show))
 
-    out = run_dir(cfg)
-    meta = {
+
+def read_out(
+    stage: Stage,
+    settings: SearchSettings,
+    module: SearchModule,
+    trainer,
+    datamodule,
+    started: float,
+) -> Searched:
+    """The held-out loss of the searched model, then the read-out (trimmed and filled to
+    the budget) with the run's ``meta``."""
+    steps, seconds = trainer.global_step, round(time.perf_counter() - started, 1)
+    show = bool(stage.cfg.trainer.get("enable_progress_bar", True))
+    val_loss = heldout_loss(module, datamodule, eval_progress("held-out loss", show))
+    meta = search_meta(stage, settings, module.loop.init_seed, steps, seconds)
+    outcome = module.loop.finish(stage.shapes, steps, meta)
+    path = stage.out / ALLOCATION_FILE
+    return Searched(outcome, path, val_loss, search_variant(settings.order), steps, seconds)
+
+
+def write_results(stage: Stage, trainer, params: dict, done: Searched, heatmap: bool) -> None:
+    """``allocation.json``, then its heatmap, the loggers' allocation and final numbers and
+    ``metrics.json``; a failure after the allocation names it kept."""
+    allocation = done.outcome.allocation
+    allocation.save(done.path)
+    with keep_finished_work([done.path]) as kept:
+        image = None
+        if heatmap:
+            title = f"{stage.cfg.backbone.id} / {stage.cfg.task.id}: {allocation.summary()}"
+            image = save_heatmap(allocation, stage.out / HEATMAP_FILE, title=title)
+        result = search_result(stage, done)
+        log_allocation(trainer.loggers, allocation, image, step=trainer.global_step)
+        log_final(trainer.loggers, params, result["scalars"], step=trainer.global_step)
+        kept.append(stage.write_metrics(result))
+        log.info(
+            "search: %s, %d params, held-out loss %s",
+            allocation.summary(),
+            result["trainable_params"],
+            "-" if done.val_loss is None else f"{done.val_loss:.4f}",
+        )
+
+
+def search_meta(
+    stage: Stage, settings: SearchSettings, init_seed: int, steps: int, seconds: float
+) -> dict:
+    """The run's part of ``allocation.json``'s ``meta`` (the read-out adds its own)."""
+    cfg = stage.cfg
+    return {
         "source": "guilomo-search",
-        "method": "guilomo",
+        "method": METHOD,
         "backbone": cfg.backbone.id,
         "backbone_name": cfg.backbone.loader.get("name"),
-        "num_layers": int(model.config.num_hidden_layers),
+        "num_layers": int(stage.num_layers),
         "layers": None if cfg.get("layers") is None else list(cfg.layers),
         "task": cfg.task.id,
         "seed": int(cfg.seed),
@@ -133,61 +202,41 @@ def run_search(cfg: DictConfig) -> Path:
         "granularity": settings.granularity,
         "n_max": settings.n_max,
         "r_max": settings.r_max,
-        "steps": int(trainer.global_step),
-        "search_seconds": round(search_seconds, 1),
+        "steps": int(steps),
+        "search_seconds": seconds,
     }
-    outcome = module.loop.finish(shapes, trainer.global_step, meta)
-    allocation, diagnostics = outcome.allocation, outcome.diagnostics
-    path = out / ALLOCATION_FILE
-    if not trainer.is_global_zero:  # data-parallel: every process holds the same GSVs
-        return path
-    allocation.save(path)
-    image = None
-    # a failure after this point (plot, loggers, metrics.json) names the allocation kept
-    with keep_finished_work([path]) as kept:
-        if settings.heatmap:
-            title = f"{cfg.backbone.id} / {cfg.task.id}: {allocation.summary()}"
-            image = save_heatmap(allocation, out / HEATMAP_FILE, title=title)
-        spent = budget.measure(allocation, shapes)
-        result = {
-            "stage": "search",
-            "method": method,
-            "variant": variant,
-            "task": cfg.task.id,
-            "backbone": cfg.backbone.id,
-            "allocation": {"path": str(path), "summary": allocation.summary()},
-            "trainable_params": allocation.meta["trainable_params"],
-            "budget": {**budget.to_dict(), "spent": spent},
-            "seed": int(cfg.seed),
-            "steps": int(trainer.global_step),
-            "search_seconds": round(search_seconds, 1),
-        }
-        scalars = {
-            "model/trainable_params": result["trainable_params"],
-            "budget/spent": spent,
-            **({"budget/value": budget.value} if budget.active else {}),
-            **({"val/final_loss": val_loss} if val_loss is not None else {}),
-            "search/seconds": result["search_seconds"],
-            **allocation_scalars(allocation),
-            # did the search move off its seeded start (issue 12's diagnostics)
-            **{
-                f"search/{k}": float(diagnostics[k])
-                for k in ("unchanged", "converged", "expert_flips", "rank_flips")
-                if isinstance(diagnostics.get(k), (bool, int, float))
-            },
-        }
-        result["scalars"] = scalars
-        log_allocation(trainer.loggers, allocation, image, step=trainer.global_step)
-        log_final(trainer.loggers, params, scalars, step=trainer.global_step)
-        kept.append(atomic_write_text(out / METRICS_FILE, json.dumps(result, indent=1) + "\n"))
-        log.info(
-            "search: %s, %d params, held-out loss %s",
-            allocation.summary(),
-            result["trainable_params"],
-            "-" if val_loss is None else f"{val_loss:.4f}",
-        )
-    print("\n".join(outcome.report_lines()))
-    for warning in outcome.warnings():
-        warnings.warn(warning, SearchWarning, stacklevel=2)
-    print(f"allocation: {path}")
-    return path
+
+
+def search_result(stage: Stage, done: Searched) -> dict:
+    """``metrics.json`` of the search, its ``scalars`` the numbers every logger gets."""
+    cfg, budget, allocation = stage.cfg, stage.budget, done.outcome.allocation
+    spent = budget.measure(allocation, stage.shapes)
+    result = {
+        "stage": "search",
+        "method": METHOD,
+        "variant": done.variant,
+        "task": cfg.task.id,
+        "backbone": cfg.backbone.id,
+        "allocation": {"path": str(done.path), "summary": allocation.summary()},
+        "trainable_params": allocation.meta["trainable_params"],
+        "budget": {**budget.to_dict(), "spent": spent},
+        "seed": int(cfg.seed),
+        "steps": int(done.steps),
+        "search_seconds": done.seconds,
+    }
+    diagnostics = done.outcome.diagnostics
+    result["scalars"] = {
+        "model/trainable_params": result["trainable_params"],
+        "budget/spent": spent,
+        **({"budget/value": budget.value} if budget.active else {}),
+        **({"val/final_loss": done.val_loss} if done.val_loss is not None else {}),
+        "search/seconds": done.seconds,
+        **allocation_scalars(allocation),
+        # did the search move off its seeded start (issue 12's diagnostics)
+        **{
+            f"search/{k}": float(diagnostics[k])
+            for k in ("unchanged", "converged", "expert_flips", "rank_flips")
+            if isinstance(diagnostics.get(k), (bool, int, float))
+        },
+    }
+    return result
