@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from compose import compose_cfg
-from helpers import TARGETS, input_ids, tiny_llama
+from helpers import TARGETS, fast, input_ids, tiny_llama
 from safetensors.torch import load_file
 
 from guilomo.allocation import uniform
@@ -141,13 +141,7 @@ def test_train_py_run_writes_adalora_metrics(tmp_path):
     value = sum(3 * 2 * (d_in + d_out) + 2 * d_in for d_in, d_out in shapes.values())
     out = tmp_path / "run"
     overrides = [
-        "backbone=tiny_llama",
-        "logger=none",
-        "callbacks=none",
-        "trainer.enable_progress_bar=false",
-        "trainer.max_steps=4",
-        "task.datamodule.max_train_examples=32",
-        "task.datamodule.batch_size=4",
+        *fast(4, 32),
         "eval.limit=8",
         "allocation=adalora",
         "budget=match",

@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 from compose import compose_cfg
+from helpers import fast
 
 from guilomo.allocation import Allocation, AllocationError
 from guilomo.backbone import load_backbone
@@ -13,16 +14,7 @@ from guilomo.finetune.run import run_train
 from guilomo.moe import load_adapter
 from guilomo.pretrained import from_pretrained
 
-FAST = [
-    "backbone=tiny_llama",
-    "logger=none",
-    "callbacks=none",
-    "trainer.enable_progress_bar=false",
-    "trainer.max_steps=4",
-    "task.datamodule.max_train_examples=32",
-    "task.datamodule.batch_size=4",
-    "eval.limit=8",
-]
+FAST = [*fast(4, 32), "eval.limit=8"]
 
 
 def test_train_writes_metrics_adapter_allocation(tmp_path):
