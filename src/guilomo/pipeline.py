@@ -22,8 +22,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from guilomo import baselines
 from guilomo.allocation import Allocation
-from guilomo.baselines.scale import scale_to_budget
 from guilomo.budget import Budget
 from guilomo.checkpointing import enable_gradient_checkpointing
 from guilomo.moe import LoraMoEConfig, find_targets, module_shapes
@@ -35,11 +35,7 @@ from guilomo.utils.loggers import (
     run_identity,
     with_identity,
 )
-
-# the files of a run folder both stages write
-ALLOCATION_FILE = "allocation.json"
-HEATMAP_FILE = "allocation_heatmap.png"
-METRICS_FILE = "metrics.json"
+from guilomo.utils.runfiles import METRICS_FILE
 
 
 def build_backbone(cfg: DictConfig):
@@ -73,28 +69,18 @@ def build_budget(cfg: DictConfig, shapes=None) -> Budget:
     return Budget.from_config(_plain(cfg.get("budget")), shapes)
 
 
-# keys an allocation config leaves null for the run to fill in
-RUN_BOUND = ("num_layers", "budget")
-
-
 def build_allocation(
     spec: DictConfig, targets: dict, num_layers: int, budget: Budget
 ) -> Allocation:
     """The allocation ``spec._target_`` builds for ``targets`` (``conf/allocation/*.yaml``).
 
-    ``spec`` names a function with ``_partial_: true``; it is called with the targets
-    (``{name: nn.Linear}`` or ``{name: (d_in, d_out)}``) and with the keys the config
-    leaves null that the run knows: ``num_layers`` (the backbone's depth) and ``budget``
-    (the run's budget). A builder that takes the budget fits it (random) or checks it
-    (file); any other allocation is scaled to an active budget (:func:`scale_to_budget`).
+    ``spec`` names a function with ``_partial_: true``; the run's depth and budget go to
+    it, and it is sized to the budget, by the one rule of
+    :func:`guilomo.baselines.build.build_allocation` (a builder that takes the budget
+    fits or checks it; any other allocation is scaled to an active budget).
     """
-    build = hydra.utils.instantiate(spec, _convert_="all")
-    run = {"num_layers": num_layers, "budget": budget}
-    bound = {k: run[k] for k in RUN_BOUND if k in spec and spec[k] is None}
-    alloc = build(targets, **bound)
-    if budget.active and "budget" not in spec:
-        alloc = scale_to_budget(alloc, budget, module_shapes(targets))
-    return alloc
+    builder = hydra.utils.instantiate(spec, _convert_="all")
+    return baselines.build_allocation(builder, targets, budget=budget, num_layers=num_layers)
 
 
 def build_trainer(

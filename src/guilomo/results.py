@@ -51,8 +51,8 @@ import yaml
 
 from guilomo.allocation import method_name
 from guilomo.utils.io import check_output
+from guilomo.utils.runfiles import METRICS_FILE
 
-METRICS_FILE = "metrics.json"
 ZERO_SHOT = "zero_shot"
 METHOD_ORDER = (
     "zero_shot",

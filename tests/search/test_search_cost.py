@@ -20,7 +20,7 @@ from guilomo.moe import LoraMoEConfig
 from guilomo.search.cost import module_cost, readout_cost
 from guilomo.search.credit import CreditMeter, unit_values
 from guilomo.search.gsv import selected_experts, selected_ranks
-from guilomo.search.lagrangian import LAM_MIN, BudgetLagrangian
+from guilomo.search.lagrangian import PRICE_MIN, BudgetLagrangian
 from guilomo.search.layer import SearchLoraMoELinear, init_gsvs, uniform_gsvs
 from guilomo.search.readout import ModuleCredits, collect_gsvs, fill_budget, read_allocation
 
@@ -116,15 +116,15 @@ def test_dual_ascent_raises_the_price_over_budget_and_lowers_it_under():
     for _ in range(3):
         over.penalty(gsv, credit)
         under.penalty(gsv, credit)
-    assert over.lam > 1.0 > under.lam
+    assert over.price > 1.0 > under.price
     for _ in range(200):
         under.penalty(gsv, credit)
-    assert under.lam == LAM_MIN
-    # the priced gradient is lam * kappa / unit times the cost gradient
+    assert under.price == PRICE_MIN
+    # the priced gradient is price * kappa / unit times the cost gradient
     g = over.penalty(gsv, credit)
     raw = torch.autograd.grad(readout_cost(layers, "rank"), gsv)
-    lam_before = over.last["lam"] / torch.exp(torch.tensor(0.5 * over.last["over"])).item()
-    factor = lam_before * over.kappa / over.unit
+    price_before = over.last["price"] / torch.exp(torch.tensor(0.5 * over.last["over"])).item()
+    factor = price_before * over.kappa / over.unit
     assert torch.allclose(g[1], raw[1] * factor, rtol=1e-4)
 
 

@@ -324,7 +324,7 @@ def test_report_lines_say_what_the_credit_and_the_budget_did():
         "credit/expert_noise_share": 0.75,
         "credit/rank_snr": 2.0,
         "credit/rank_noise_share": 0.25,
-        "budget_control": {"spent": 1234.0, "lam": 0.01},
+        "budget_control": {"spent": 1234.0, "price": 0.01},
     }
     fit = {
         "mode": "lagrangian",

@@ -23,7 +23,8 @@ needs the weights unless ``alphas`` is given). Every kind accepts ``seed``,
 ``num_layers`` (the backbone depth, for depth-dependent kinds) and ``budget`` (a
 :class:`~guilomo.budget.Budget` or its config mapping, the one way to size a
 baseline): ``random`` and ``concentrated`` fit it and every other kind is scaled to it
-with :func:`scale_to_budget` (``scale_mode`` "rank" or "experts").
+with :func:`scale_to_budget` (``scale_mode`` "rank" or "experts"), by the rule
+``train.py`` runs (:func:`.build.build_allocation`).
 ``allocation.meta["method"]`` names the result exactly (see :func:`method_name`).
 Allocation files are read by :func:`guilomo.allocation.load_allocation`.
 
@@ -33,6 +34,8 @@ The Hydra configs (``conf/allocation/*.yaml``) call these functions directly thr
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
@@ -47,9 +50,9 @@ from guilomo.baselines.alphalora import (
     layer_alphas,
     spectrum_alpha,
 )
+from guilomo.baselines.build import build_allocation, fits_budget_itself, takes
 from guilomo.baselines.concentrated import concentrated, least_valued_kind
 from guilomo.baselines.placement import inverted, shuffled
-from guilomo.baselines.scale import apportion, scale_to_budget
 from guilomo.baselines.simple import (
     lora,
     mola,
@@ -58,6 +61,7 @@ from guilomo.baselines.simple import (
     uniform_moe,
 )
 from guilomo.budget import Budget
+from guilomo.budget.scale import apportion, scale_to_budget
 from guilomo.moe.inject import find_targets
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -69,7 +73,6 @@ BUILDERS: dict[str, Callable[..., Allocation]] = {
     "random": random_allocation,
     "concentrated": concentrated,
 }
-FITTED = ("random", "concentrated")  # builders that take the budget and fit it themselves
 KINDS = (*BUILDERS, "mola_<digits>")
 
 __all__ = [
@@ -78,8 +81,10 @@ __all__ = [
     "alpha_counts",
     "alphalora",
     "apportion",
+    "build_allocation",
     "concentrated",
     "esd",
+    "fits_budget_itself",
     "inverted",
     "hill_alpha",
     "ks_alpha",
@@ -117,15 +122,6 @@ def resolve_targets(
     return targets, module_shapes(targets), None
 
 
-def _call(fn: Callable, kind: str, *args, **kw) -> Allocation:
-    try:
-        return fn(*args, **kw)
-    except TypeError as e:
-        if e.__traceback__ is not None and e.__traceback__.tb_next is None:  # the call itself
-            raise TypeError(f"baseline '{kind}' got unknown option(s): {e}") from e
-        raise
-
-
 def make_baseline(
     kind: str,
     model_or_targets: nn.Module | Mapping,
@@ -148,18 +144,16 @@ def make_baseline(
         raise ValueError(f"unknown baseline '{kind}'; choose one of {list(KINDS)}")
     if digits:
         options.setdefault("pattern", digits)
-    extra: dict = {}  # what the run knows, not recorded as options
-    if name == "mola":
-        extra["num_layers"] = num_layers
-    if name in FITTED:
-        extra["budget"] = budget
-    if name == "random":
-        extra["seed"] = int(seed or 0)
-    alloc = _call(BUILDERS[name], kind, targets, **extra, **options)
-
+    seeded = {"seed": int(seed or 0)} if takes(BUILDERS[name], "seed") else {}
+    unknown = set(options) - set(inspect.signature(BUILDERS[name]).parameters)
+    if unknown:
+        raise TypeError(f"baseline '{kind}' got unknown option(s): {sorted(unknown)}")
+    builder = functools.partial(BUILDERS[name], **seeded, **options)
+    # the production rule (train.py runs it too): what the run knows, then the budget
+    alloc = build_allocation(
+        builder, targets, budget=budget, num_layers=num_layers, scale_mode=scale_mode
+    )
     alloc.meta["baseline"] = {"kind": kind, **{k: _plain(v) for k, v in options.items()}}
-    if name not in FITTED and budget.active:
-        alloc = scale_to_budget(alloc, budget, shapes, mode=scale_mode)
     if num_layers is not None:
         alloc.meta.setdefault("num_layers", int(num_layers))
     alloc.meta["method"] = method_name(alloc.meta)

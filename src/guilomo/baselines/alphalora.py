@@ -40,7 +40,7 @@ A larger alpha means a lighter tail, i.e. a less well-trained layer, which Alpha
 gives more experts: ``count_l`` is proportional to ``alpha_l ** beta`` (beta 2.5),
 apportioned to a total (default ``5 * L``, 160 for 32 layers; the count of one
 module type summed over layers) with at least one expert per layer and largest-
-remainder rounding so the total is exact (:func:`guilomo.baselines.scale.apportion`).
+remainder rounding so the total is exact (:func:`guilomo.budget.scale.apportion`).
 Every module of layer ``l`` gets ``count_l`` experts of rank ``rank``; routing is
 top-2, or top-1 where a layer has a single expert.
 """
@@ -54,8 +54,8 @@ import torch
 from torch import Tensor, nn
 
 from guilomo.allocation import Allocation, ModuleAllocation
-from guilomo.baselines.scale import apportion
 from guilomo.baselines.simple import layer_indices
+from guilomo.budget.scale import apportion
 
 ZERO_EIG = 1e-10
 THRESHOLDS = ("ks", "median")

@@ -42,10 +42,21 @@ def _brief(meta: Mapping) -> dict:
     return {k: meta[k] for k in keep if k in meta}
 
 
-def shuffled(targets: Mapping, from_file: str | Path | None, seed: int = 0, **load) -> Allocation:
-    """The searched allocation permuted among same-shape modules (see the module docstring)."""
+def shuffled(
+    targets: Mapping,
+    from_file: str | Path | None,
+    seed: int = 0,
+    backbone: str | None = None,
+    num_layers: int | None = None,
+    budget=None,
+) -> Allocation:
+    """The searched allocation permuted among same-shape modules (see the module docstring).
+
+    ``backbone``, ``num_layers`` and ``budget`` check the file as ``allocation=file`` does
+    (:func:`~guilomo.allocation.load_allocation`); the budget is checked, never rescaled.
+    """
     shapes = module_shapes(targets)
-    alloc = load_allocation(targets, from_file, **load)
+    alloc = load_allocation(targets, from_file, backbone, num_layers, budget)
     rng = random.Random(seed)
     moved: dict[str, ModuleAllocation] = {}
     for names in shape_groups(alloc, shapes).values():
@@ -56,10 +67,19 @@ def shuffled(targets: Mapping, from_file: str | Path | None, seed: int = 0, **lo
     return _rebuilt(alloc, moved, meta)
 
 
-def inverted(targets: Mapping, from_file: str | Path | None, **load) -> Allocation:
-    """The searched allocation reversed by size within each shape (see the module docstring)."""
+def inverted(
+    targets: Mapping,
+    from_file: str | Path | None,
+    backbone: str | None = None,
+    num_layers: int | None = None,
+    budget=None,
+) -> Allocation:
+    """The searched allocation reversed by size within each shape (see the module docstring).
+
+    ``backbone``, ``num_layers`` and ``budget`` check the file as in :func:`shuffled`.
+    """
     shapes = module_shapes(targets)
-    alloc = load_allocation(targets, from_file, **load)
+    alloc = load_allocation(targets, from_file, backbone, num_layers, budget)
     moved: dict[str, ModuleAllocation] = {}
     for shape, names in shape_groups(alloc, shapes).items():
         order = {n: i for i, n in enumerate(names)}

@@ -17,6 +17,7 @@ from guilomo.baselines import alphalora
 from guilomo.eval.evaluator import check_eval_config
 from guilomo.finetune.allocation import check_allocation_config, resolve_allocation
 from guilomo.utils.checks import check_bool, check_int, check_real, get
+from guilomo.utils.runfiles import ALLOCATION_FILE, METRICS_FILE
 from guilomo.validate import StageChecks, check_memory, prefixed, validate_stage
 
 
@@ -61,9 +62,9 @@ def check_model(cfg: DictConfig, build, model, targets: dict) -> dict:
 
 TRAIN = StageChecks(
     name="train",
-    result="metrics.json",
+    result=METRICS_FILE,
     dirs=("adapter", "checkpoints"),
-    files=("metrics.json", "allocation.json"),
+    files=(METRICS_FILE, ALLOCATION_FILE),
     values=check_values,
     model=check_model,
     scalars=("test/zero_shot/*", "test/finetuned/*", "val/*", "model/*", "budget/*", "alloc/*"),

@@ -36,8 +36,6 @@ from guilomo.finetune.usage import COLUMNS as USAGE_COLUMNS
 from guilomo.finetune.usage import RouterUsage
 from guilomo.moe import LoraMoEConfig
 from guilomo.pipeline import (
-    ALLOCATION_FILE,
-    HEATMAP_FILE,
     Stage,
     build_datamodule,
     build_lora_config,
@@ -46,6 +44,7 @@ from guilomo.pipeline import (
 )
 from guilomo.utils.kept import keep_finished_work, last_checkpoint
 from guilomo.utils.loggers import log_final, log_table
+from guilomo.utils.runfiles import ALLOCATION_FILE, HEATMAP_FILE
 from guilomo.utils.task import task_wrapper
 
 log = logging.getLogger(__name__)

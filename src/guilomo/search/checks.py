@@ -16,6 +16,7 @@ from guilomo.budget import Budget
 from guilomo.search.config import SearchSettings
 from guilomo.search.readout import minimum_allocation
 from guilomo.utils.checks import ConfigError, check_fields, check_int, check_real, get
+from guilomo.utils.runfiles import ALLOCATION_FILE, HEATMAP_FILE
 from guilomo.validate import StageChecks, check_memory, prefixed, validate_stage
 
 
@@ -84,9 +85,9 @@ def check_model(cfg: DictConfig, settings: SearchSettings, model, targets: dict)
 
 SEARCH = StageChecks(
     name="search",
-    result="allocation.json",
+    result=ALLOCATION_FILE,
     dirs=("checkpoints",),
-    files=("allocation.json", "allocation_heatmap.png"),
+    files=(ALLOCATION_FILE, HEATMAP_FILE),
     values=check_settings,
     model=check_model,
     scalars=("val/*", "search/*", "model/*", "budget/*", "alloc/*"),

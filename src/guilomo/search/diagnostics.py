@@ -391,7 +391,7 @@ def report_lines(report: dict, budget: dict | None = None) -> list[str]:
             control = report.get("budget_control") or {}
             line += (
                 f" inside the search: read-out spends {control.get('spent', 0):,.0f} "
-                f"(price {control.get('lam', 0):.3g}), trim removed "
+                f"(price {control.get('price', control.get('lam', 0)):.3g}), trim removed "
                 f"{fit.get('removed_expert_units', 0)} expert / {fit.get('removed_rank_units', 0)} "
                 f"rank units, fill ({fit.get('fill')}) added {fit.get('added_expert_units', 0)} / "
                 f"{fit.get('added_rank_units', 0)}"

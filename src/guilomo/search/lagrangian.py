@@ -4,25 +4,25 @@ All modules draw from one pool. Every outer step adds to the GSVs' loss credit t
 gradient of a cost term (CoFiPruning's Lagrangian on the expected size, with the
 read-out's exact cost in place of an expectation; :mod:`guilomo.search.cost`)::
 
-    grad_G  +=  lam * kappa * dC(G)/dG / unit
+    grad_G  +=  price * kappa * dC(G)/dG / unit
 
 - ``C`` is what the current read-out spends in the budget's unit, and ``dC/dG`` at GSV
   entry ``j`` is the cost change of moving that module's boundary to ``j`` (times the
   sigmoid slope, like the loss credit). So every entry's credit carries both what its
-  move is predicted to save in loss and what it costs, and one multiplier ``lam`` prices
-  capacity for all modules at once: a module gets a unit only if its predicted loss
+  move is predicted to save in loss and what it costs, and one multiplier, the
+  ``price``, prices capacity for all modules at once: a module gets a unit only if its predicted loss
   decrease beats the price.
 - ``unit`` is one typical unit's cost (a rank row, :func:`unit_cost`) and ``kappa`` a running
-  mean of ``|loss credit|`` over all GSV entries, so ``lam`` is dimensionless: at
-  ``lam = 1`` one unit costs what a typical entry's credit is worth.
-- Dual ascent (exponentiated, so ``lam`` spans orders of magnitude in a few steps, as the
+  mean of ``|loss credit|`` over all GSV entries, so ``price`` is dimensionless: at
+  ``price = 1`` one unit costs what a typical entry's credit is worth.
+- Dual ascent (exponentiated, so ``price`` spans orders of magnitude in a few steps, as the
   credit scale differs from task to task)::
 
       u   = clip(C / B - 1, -1, 1)            relative over-spend of the read-out
-      lam = clip(lam * exp(lr * u), lam_min, lam_max)
+      price = clip(price * exp(lr * u), price_min, price_max)
 
   Over the budget the price rises until enough modules give units back; under it the
-  price falls towards ``lam_min`` (about free), so modules whose units help grow and
+  price falls towards ``price_min`` (about free), so modules whose units help grow and
   modules that need nothing still shrink: the budget is an upper bound, not a target.
 
 After the search, :func:`guilomo.search.readout.fit_budget` trims what is still over
@@ -42,7 +42,7 @@ from torch import Tensor
 from guilomo.budget import Budget
 from guilomo.search.cost import readout_cost, unit_cost
 
-LAM_MIN, LAM_MAX = 1e-3, 1e4
+PRICE_MIN, PRICE_MAX = 1e-3, 1e4
 
 
 def _grads(value: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
@@ -56,7 +56,7 @@ class BudgetLagrangian:
         layers: the search layers (any set; :class:`SearchLoraMoELinear`).
         budget: an active :class:`Budget` (``experts``, ``rank`` or ``params``).
         lr: step of the exponentiated dual ascent.
-        lam: initial price (1: a unit is worth a typical credit).
+        price: initial price (1: a unit is worth a typical credit).
         kappa_beta: EMA factor of the credit scale ``kappa``.
     """
 
@@ -65,16 +65,16 @@ class BudgetLagrangian:
         layers: Sequence,
         budget: Budget,
         lr: float = 0.3,
-        lam: float = 1.0,
+        price: float = 1.0,
         kappa_beta: float = 0.9,
     ):
         if not budget.active:
             raise ValueError("a budget-constrained search needs an active budget (budget=...)")
-        if lr <= 0 or lam <= 0:
-            raise ValueError(f"search.budget_lr={lr} and search.budget_lam={lam} must be > 0")
+        if lr <= 0 or price <= 0:
+            raise ValueError(f"search.budget_lr={lr} and search.budget_price={price} must be > 0")
         self.layers = list(layers)
         self.budget = budget
-        self.lr, self.lam, self.kappa_beta = float(lr), float(lam), float(kappa_beta)
+        self.lr, self.price, self.kappa_beta = float(lr), float(price), float(kappa_beta)
         self.unit = unit_cost(self.layers, budget.kind)
         self.kappa: float | None = None
         self.last: dict = {}
@@ -93,20 +93,21 @@ class BudgetLagrangian:
         cost = self.cost()
         spent = float(cost.detach())
         grads = _grads(cost, gsv)
-        factor = self.lam * kappa / self.unit
+        factor = self.price * kappa / self.unit
         out = [g * factor for g in grads]
         self.dual_step(spent)
         return out
 
     def dual_step(self, spent: float) -> None:
         over = max(-1.0, min(1.0, spent / self.budget.value - 1.0))
-        self.lam = min(LAM_MAX, max(LAM_MIN, self.lam * math.exp(self.lr * over)))
-        self.last = {"spent": spent, "over": over, "lam": self.lam, "kappa": self.kappa or 0.0}
+        self.price = min(PRICE_MAX, max(PRICE_MIN, self.price * math.exp(self.lr * over)))
+        self.last = {"spent": spent, "over": over, "price": self.price, "kappa": self.kappa or 0.0}
 
     def state_dict(self) -> dict:
-        return {"lam": self.lam, "kappa": self.kappa, "last": dict(self.last)}
+        return {"price": self.price, "kappa": self.kappa, "last": dict(self.last)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.lam = float(state["lam"])
+        # "lam": the price's name in checkpoints written before it had one name
+        self.price = float(state["price"] if "price" in state else state["lam"])
         self.kappa = None if state.get("kappa") is None else float(state["kappa"])
         self.last = dict(state.get("last") or {})

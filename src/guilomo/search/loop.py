@@ -129,7 +129,7 @@ class SearchLoop:
         self.meter = CreditMeter(self.gsv, s.credit_ema)
         priced = self.budget.active and s.budget_mode == "lagrangian"
         self.pricing = (
-            BudgetLagrangian(list(self.layers.values()), self.budget, s.budget_lr, s.budget_lam)
+            BudgetLagrangian(list(self.layers.values()), self.budget, s.budget_lr, s.budget_price)
             if priced
             else None
         )
@@ -311,7 +311,7 @@ class SearchLoop:
             out[f"credit/{kind}_snr"] = sum(values) / len(values)
             out[f"credit/{kind}_noise_share"] = sum(v < 1 for v in values) / len(values)
         if self.pricing is not None and self.pricing.last:
-            out["budget/lam"] = self.pricing.last["lam"]
+            out["budget/price"] = self.pricing.last["price"]
             out["budget/readout_spent"] = self.pricing.last["spent"]
         return out
 

@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from guilomo.allocation import Allocation, ModuleAllocation, uniform
-from guilomo.baselines.scale import scale_to_budget
 from guilomo.budget import Budget, BudgetError
+from guilomo.budget.scale import scale_to_budget
 from guilomo.search.gsv import MIN_EXPERTS, selected_experts, selected_ranks
 from guilomo.search.layer import search_layers
 
@@ -341,7 +341,7 @@ def spend_budget(
 ) -> tuple[Allocation, dict]:
     """After a budgeted search: add the units the credit says are needed, then (``fill=
     "spend"``) grow the result in proportion to what the search gave each unit until the
-    budget is spent (:func:`guilomo.baselines.scale.scale_to_budget`, ranks for ``rank`` /
+    budget is spent (:func:`guilomo.budget.scale.scale_to_budget`, ranks for ``rank`` /
     ``params`` budgets, experts for ``experts``; within one unit's cost). Scaling keeps
     the search's order between modules; units the credit does not value go where the
     search already put capacity, not to the modules it left at the minimum. Growth is

@@ -21,8 +21,6 @@ from guilomo.allocation import uniform
 from guilomo.allocation_view import allocation_scalars, log_allocation, save_heatmap
 from guilomo.data.datamodule import IGNORE
 from guilomo.pipeline import (
-    ALLOCATION_FILE,
-    HEATMAP_FILE,
     Stage,
     build_datamodule,
     build_lora_config,
@@ -39,6 +37,7 @@ from guilomo.search.readout import minimum_allocation
 from guilomo.utils.kept import keep_finished_work
 from guilomo.utils.loggers import log_final
 from guilomo.utils.progress import eval_progress
+from guilomo.utils.runfiles import ALLOCATION_FILE, HEATMAP_FILE
 from guilomo.utils.task import task_wrapper
 
 log = logging.getLogger(__name__)

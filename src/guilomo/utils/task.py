@@ -37,6 +37,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from guilomo.utils.errors import USER_ERRORS
+from guilomo.utils.runfiles import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -179,4 +180,4 @@ def metric_value(scalars: Mapping[str, float], name: str | None) -> float | None
 
 def read_scalars(run_dir) -> dict[str, float]:
     """The ``scalars`` of ``<run_dir>/metrics.json`` (the numbers the loggers got)."""
-    return json.loads((Path(run_dir) / "metrics.json").read_text())["scalars"]
+    return json.loads((Path(run_dir) / METRICS_FILE).read_text())["scalars"]

@@ -11,6 +11,9 @@ a budget makes comparisons with baselines fair. The rules live here once:
   allocation's size without copying numbers by hand).
 - ``Budget.check`` / ``check_minimum`` raise with a fix when an allocation does not fit.
 - ``check_config(spec)``: the config's kind and value, checked before any weights load.
+
+The arithmetic that makes an allocation spend a budget sits beside this file:
+:mod:`guilomo.budget.scale` (``scale_to_budget``, ``apportion``).
 """
 
 from __future__ import annotations
