@@ -60,13 +60,19 @@ def planted(kind: str, g: torch.Generator):
         maps = [torch.zeros(D, D)]
     else:
         raise ValueError(f"unknown planted kind {kind!r}")
+    return sampler(centres, maps, noise=name == "noise")
+
+
+def sampler(centres: torch.Tensor, maps: list, noise: bool = False):
+    """``sample(n, gen) -> {"x", "y"}``: x around a random centre ``c``, y = ``maps[c] @ x``
+    (``noise``: y independent of x)."""
     w = torch.stack(maps)
 
     def sample(n: int, gen: torch.Generator) -> dict:
         c = torch.randint(len(maps), (n,), generator=gen)
         x = centres[c] + torch.randn(n, D, generator=gen)
         y = torch.einsum("nij,nj->ni", w[c], x)
-        if name == "noise":
+        if noise:
             y = 0.5 * torch.randn(n, D, generator=gen)
         return {"x": x, "y": y}
 

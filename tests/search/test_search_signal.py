@@ -20,7 +20,16 @@ it is withdrawn: docs/search_study.md section 3.)
 
 import pytest
 import torch
-from planted import N_MAX, R_MAX, D, planted_settings, run, search_modules
+from planted import (
+    N_MAX,
+    R_MAX,
+    D,
+    orthonormal,
+    planted_settings,
+    run,
+    sampler,
+    search_modules,
+)
 from torch import nn
 
 SEEDS = (0, 1, 2)
@@ -31,27 +40,13 @@ RAW_CREDIT = dict(
 )
 
 
-def orthonormal(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:
-    return torch.linalg.qr(torch.randn(rows, cols, generator=g))[0]
-
-
 def planted(kind: str, g: torch.Generator):
-    """``sample(n, gen) -> {"x", "y"}`` for the planted target ``kind``."""
+    """``sample(n, gen) -> {"x", "y"}`` for the target ``kind`` (its own draw order)."""
     centres, maps = torch.zeros(1, D), [orthonormal(D, 6, g) @ orthonormal(D, 6, g).T]
     if kind == "experts":
         centres = 3 * orthonormal(D, 4, g).T
         maps = [orthonormal(D, 2, g) @ orthonormal(D, 2, g).T for _ in range(4)]
-    w = torch.stack(maps)
-
-    def sample(n: int, gen: torch.Generator) -> dict:
-        k = torch.randint(len(maps), (n,), generator=gen)
-        x = centres[k] + torch.randn(n, D, generator=gen)
-        y = torch.einsum("nij,nj->ni", w[k], x)
-        if kind == "noise":
-            y = 0.5 * torch.randn(n, D, generator=gen)
-        return {"x": x, "y": y}
-
-    return sample
+    return sampler(centres, maps, noise=kind == "noise")
 
 
 def search(kind: str, seed: int, experts: int, rank: int, steps: int = 300, **credit):
