@@ -33,7 +33,8 @@ from guilomo.allocation_view import short_name
 from guilomo.budget import Budget
 from guilomo.search.config import SearchSettings
 from guilomo.search.layer import expert_groups, inject_search_adapter
-from guilomo.search.readout import ModuleGSVs, collect_gsvs, fit_budget, read_allocation
+from guilomo.search.readout import ModuleGSVs, collect_gsvs, read_allocation
+from guilomo.search.trim import fit_budget
 
 Ranks = dict[str, tuple[int, ...]]
 

@@ -19,10 +19,11 @@ from guilomo.budget import Budget
 from guilomo.moe import LoraMoEConfig
 from guilomo.search.cost import module_cost, readout_cost
 from guilomo.search.credit import CreditMeter, unit_values
+from guilomo.search.fill import ModuleCredits, fill_budget
 from guilomo.search.gsv import selected_experts, selected_ranks
 from guilomo.search.lagrangian import PRICE_MIN, BudgetLagrangian
 from guilomo.search.layer import SearchLoraMoELinear, init_gsvs, uniform_gsvs
-from guilomo.search.readout import ModuleCredits, collect_gsvs, fill_budget, read_allocation
+from guilomo.search.readout import collect_gsvs, read_allocation
 
 N, R = 5, 4
 

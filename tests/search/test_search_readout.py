@@ -5,13 +5,8 @@ import torch
 
 from guilomo.allocation import Allocation, ModuleAllocation
 from guilomo.budget import Budget, BudgetError
-from guilomo.search.readout import (
-    ModuleGSVs,
-    boundary_confidence,
-    fit_budget,
-    minimum_allocation,
-    read_allocation,
-)
+from guilomo.search.readout import ModuleGSVs, minimum_allocation, read_allocation
+from guilomo.search.trim import boundary_confidence, fit_budget
 
 T = torch.tensor
 SHAPES = {"a": (10, 20), "b": (10, 20), "c": (40, 40)}

@@ -10,6 +10,7 @@ Public API::
 
 from guilomo.search.architect import Architect, restore_optimizer, snapshot_optimizer
 from guilomo.search.config import InnerOptim, OuterOptim, SearchSettings
+from guilomo.search.fill import FillReport
 from guilomo.search.gsv import expert_mask, rank_mask
 from guilomo.search.layer import (
     SearchLoraMoELinear,
@@ -20,16 +21,9 @@ from guilomo.search.layer import (
 )
 from guilomo.search.loop import SearchLoop
 from guilomo.search.module import SearchModule
-from guilomo.search.readout import (
-    FillReport,
-    FitReport,
-    ModuleGSVs,
-    collect_gsvs,
-    fit_budget,
-    minimum_allocation,
-    read_allocation,
-)
+from guilomo.search.readout import ModuleGSVs, collect_gsvs, minimum_allocation, read_allocation
 from guilomo.search.run import run_search
+from guilomo.search.trim import FitReport, fit_budget
 
 __all__ = [
     "Architect",

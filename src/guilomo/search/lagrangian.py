@@ -25,9 +25,9 @@ read-out's exact cost in place of an expectation; :mod:`guilomo.search.cost`)::
   price falls towards ``price_min`` (about free), so modules whose units help grow and
   modules that need nothing still shrink: the budget is an upper bound, not a target.
 
-After the search, :func:`guilomo.search.readout.fit_budget` trims what is still over
+After the search, :func:`guilomo.search.trim.fit_budget` trims what is still over
 (fewest units: the controller keeps the read-out near the budget) and
-:func:`guilomo.search.readout.fill_budget` spends what is left on units whose smoothed
+:func:`guilomo.search.fill.fill_budget` spends what is left on units whose smoothed
 credit predicts a loss decrease.
 """
 

@@ -40,6 +40,7 @@ from guilomo.search.architect import Architect
 from guilomo.search.config import SearchSettings
 from guilomo.search.credit import CreditMeter, module_snr
 from guilomo.search.diagnostics import SearchDiagnostics, Selection, selection_of
+from guilomo.search.fill import ModuleCredits
 from guilomo.search.lagrangian import BudgetLagrangian
 from guilomo.search.layer import (
     expert_groups,
@@ -50,7 +51,7 @@ from guilomo.search.layer import (
     set_prefixes,
 )
 from guilomo.search.outcome import SearchOutcome, settle
-from guilomo.search.readout import ModuleCredits, collect_gsvs, read_allocation
+from guilomo.search.readout import collect_gsvs, read_allocation
 
 Loss = Callable[[dict], "Tensor | tuple[Tensor, Tensor, Tensor]"]
 

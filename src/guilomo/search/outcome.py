@@ -3,11 +3,11 @@
 :func:`settle` takes the read-out (:func:`~guilomo.search.readout.read_allocation`) and:
 
 - with an active budget, trims what is over it, least confident units first
-  (:func:`~guilomo.search.readout.fit_budget`);
+  (:func:`~guilomo.search.trim.fit_budget`);
 - when the budget was inside the search (``budget_mode="lagrangian"``, ``credits``
   given), spends what it leaves on the units the smoothed credit values, then
   (``budget_fill="spend"``) grows the result in proportion
-  (:func:`~guilomo.search.readout.spend_budget`);
+  (:func:`~guilomo.search.fill.spend_budget`);
 - post hoc (``budget_mode="posthoc"``) only trims.
 
 :class:`SearchOutcome` holds the read-out, the final allocation and the diagnostics, and
@@ -23,7 +23,9 @@ from guilomo.allocation import Allocation
 from guilomo.budget import Budget
 from guilomo.search.config import SearchSettings
 from guilomo.search.diagnostics import report_lines, report_warnings
-from guilomo.search.readout import ModuleCredits, ModuleGSVs, fit_budget, spend_budget
+from guilomo.search.fill import ModuleCredits, spend_budget
+from guilomo.search.readout import ModuleGSVs
+from guilomo.search.trim import fit_budget
 
 
 def settle(
