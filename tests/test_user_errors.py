@@ -62,6 +62,12 @@ CASES = [
     ("match without a file", "train.py", ["budget=match"], "budget=match reads the size"),
     ("match, missing file", "train.py", ["budget=match", "searched=/no/a.json"], "budget.path="),
     ("rank above width", "train.py", ["allocation.rank=65", "new"], "no rank above 64"),
+    (
+        "adalora with nothing to prune",
+        "train.py",
+        ["allocation=adalora", "allocation.init_ratio=1.0", "new"],
+        "allocation.init_ratio=1.0 must be > 1",
+    ),
     ("bad batch size", "search.py", ["task.datamodule.batch_size=0"], "batch_size=0"),
     (
         "missing data file",

@@ -108,8 +108,12 @@ def adalora(
     budget = Budget.from_config(budget, shapes)
     if not (0 <= tinit < 1 and 0 <= tfinal < 1):
         raise AllocationError(f"tinit={tinit} and tfinal={tfinal} must be fractions in [0, 1)")
-    if init_ratio < 1:
-        raise AllocationError(f"init_ratio={init_ratio} must be >= 1 (AdaLoRA prunes ranks)")
+    if not init_ratio > 1:  # at 1 peft's allocator has nothing to prune and fails mid-run
+        raise AllocationError(
+            f"allocation.init_ratio={init_ratio} must be > 1: AdaLoRA starts above its final "
+            "rank and prunes down to it (1.5 is the default; allocation=lora trains without "
+            "pruning)"
+        )
     if not (0 < beta1 < 1 and 0 < beta2 < 1) or orth_reg_weight < 0 or delta_t < 1:
         raise AllocationError(
             "need 0 < beta1, beta2 < 1, orth_reg_weight >= 0 and delta_t >= 1, got "
@@ -120,7 +124,7 @@ def adalora(
     target = target_rank(budget, shapes, rank)
     settings = {
         "target_r": target,
-        "init_r": max(target, math.ceil(init_ratio * target)),
+        "init_r": math.ceil(init_ratio * target),  # > target: init_ratio > 1
         "tinit": tinit,
         "tfinal": tfinal,
         "delta_t": delta_t,
