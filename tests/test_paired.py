@@ -155,3 +155,25 @@ def test_lower_is_better_metric_is_signed_for_the_reference(tmp_path):
     assert acc["diffs"] == [0.0, 0.0, 0.0] and "lower is better" not in results.paired_markdown(
         [acc], "guilomo"
     )
+
+
+def test_per_seed_table_shows_the_cells_the_pairs_use(tmp_path, capsys):
+    """--per-seed: every method's score at every seed, draws averaged by a plain loop."""
+    values = _make(tmp_path / "runs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", results.ResultsWarning)
+        argv = ["--per-seed", str(tmp_path / "runs"), "--csv", ""]
+        assert results.main(argv) == 0
+    out = capsys.readouterr().out
+    head = "finetuned/accuracy, tiny_llama/task_a, budget params=match: per seed (draws)"
+    a = out.split(head)[1].split("\n\n")[1]  # the table under that caption
+    rows = {ln.split("|")[1].strip(): ln for ln in a.splitlines() if ln.startswith("| ")}
+    assert rows["method"].split("|")[2:7] == [f" seed {s} " for s in TASKS["task_a"]]
+    for method, draws in DRAWS.items():
+        cells = [c.strip() for c in rows[method].strip().strip("|").split("|")][1:]
+        for seed, cell in zip(TASKS["task_a"], cells, strict=True):
+            v = values[("task_a", method)][seed]
+            suffix = f" ({draws})" if draws > 1 else ""
+            assert cell == f"{_mean(v):.4f}{suffix}"
+    # lora's run at another explicit budget, and random at seed 9, are their own tables
+    assert "budget params=999: per seed" in out and "budget params=1009: per seed" in out

@@ -29,6 +29,9 @@ Several runs of one method at one task, seed and budget (e.g. ``random`` with di
 spread reported. A row gives the pairs' mean difference, its sample std, the 95 %
 t-interval over seeds and the seeds won / lost.
 
+``--per-seed`` adds every method's score at every seed (:func:`per_seed_markdown`): the
+cells the paired report pairs, draws averaged, so a reader can redo any pair by hand.
+
 Direction. ``nll`` (held-out loss) is lower-is-better (:data:`LOWER_IS_BETTER`): its
 paired differences are signed as *method minus REF*, so for every metric a positive
 difference, and a won seed, means REF did better.
@@ -347,6 +350,51 @@ def _budget_of(run: Run) -> tuple[str, tuple]:
     return label, (kind, value)
 
 
+def seed_cells(
+    runs: Sequence[Run], metric: str = "accuracy", stage: str = "finetuned"
+) -> dict[tuple, dict[str, list[float]]]:
+    """``{(backbone, task, budget label, exact budget, seed): {method: [its runs' values]}}``:
+    the cells the paired report pairs and the per-seed table shows (several runs of one
+    method in a cell are draws)."""
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    for r in runs:
+        v = r.value(metric, stage)
+        if v is not None and r.seed is not None:
+            label, exact = _budget_of(r)
+            key = (r.backbone, r.task, label, exact, r.seed)
+            cells.setdefault(key, {}).setdefault(r.method, []).append(v)
+    return cells
+
+
+def per_seed_markdown(
+    runs: Sequence[Run], metric: str = "accuracy", stage: str = "finetuned"
+) -> str:
+    """Every method's score at every seed (draws averaged, their count in brackets), one
+    table per backbone, task and budget setting: the numbers the paired report pairs."""
+    tables: dict[tuple, dict[str, dict[int, list[float]]]] = {}
+    for (backbone, task, budget, _, seed), by_method in seed_cells(runs, metric, stage).items():
+        table = tables.setdefault((backbone, task, budget), {})
+        for method, values in by_method.items():
+            table.setdefault(method, {}).setdefault(seed, []).extend(values)
+    if not tables:
+        return "(no runs with a seed)"
+    out = []
+    for (backbone, task, budget), table in sorted(tables.items()):
+        seeds = sorted({s for by_seed in table.values() for s in by_seed})
+        head = ["method", *(f"seed {s}" for s in seeds)]
+        out += [f"{stage}/{metric}, {backbone}/{task}, budget {budget}: per seed (draws)", ""]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for method in sorted(table, key=_method_key):
+            cells = [method]
+            for s in seeds:
+                v = table[method].get(s)
+                n = "" if not v or len(v) == 1 else f" ({len(v)})"
+                cells.append("-" if not v else f"{statistics.fmean(v):.4f}{n}")
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
 def paired(
     runs: Sequence[Run], reference: str, metric: str = "accuracy", stage: str = "finetuned"
 ) -> list[dict]:
@@ -364,16 +412,9 @@ def paired(
     (``runs``), and ``draw_std``: the spread between draws within a seed (pooled: root of
     the mean within-seed variance over seeds with 2+ draws; None without such seeds).
     """
-    cells: dict[tuple, dict[str, list[float]]] = {}
-    for r in runs:
-        v = r.value(metric, stage)
-        if v is not None and r.seed is not None:
-            label, exact = _budget_of(r)
-            key = (r.backbone, r.task, label, exact, r.seed)
-            cells.setdefault(key, {}).setdefault(r.method, []).append(v)
     sign = better_sign(metric)
     pairs: dict[tuple, list[tuple]] = {}
-    for (backbone, task, budget, _, seed), by_method in cells.items():
+    for (backbone, task, budget, _, seed), by_method in seed_cells(runs, metric, stage).items():
         ours = by_method.get(reference)
         for method, theirs in by_method.items():
             if ours and method != reference:
@@ -541,6 +582,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="also the paired report: METHOD (e.g. guilomo) minus every other method",
     )
+    p.add_argument(
+        "--per-seed",
+        action="store_true",
+        help="also every method's score at every seed (what the paired report pairs)",
+    )
     args = p.parse_args(argv)
     try:  # before any work: an existing CSV is the user's, and the runs are inputs
         if args.csv:
@@ -559,6 +605,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = summarise(runs, args.metric, args.stage)
     print(header(runs, args.metric, args.stage))
     print(markdown(rows))
+    if args.per_seed:
+        print()
+        print(per_seed_markdown(runs, args.metric, args.stage))
     if args.paired:
         print()
         print(paired_markdown(paired(runs, args.paired, args.metric, args.stage), args.paired))
