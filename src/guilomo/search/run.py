@@ -100,7 +100,6 @@ class Searched:
     outcome: SearchOutcome
     path: Path
     val_loss: float | None  # the held-out loss of the searched model
-    variant: str
     steps: int
     seconds: float  # the search's time, from the start of the run
 
@@ -157,7 +156,7 @@ def read_out(
     meta = search_meta(stage, settings, module.loop.init_seed, steps, seconds)
     outcome = module.loop.finish(stage.shapes, steps, meta)
     path = stage.out / ALLOCATION_FILE
-    return Searched(outcome, path, val_loss, search_variant(settings.order), steps, seconds)
+    return Searched(outcome, path, val_loss, steps, seconds)
 
 
 def write_results(stage: Stage, trainer, params: dict, done: Searched, heatmap: bool) -> None:
@@ -213,7 +212,7 @@ def search_result(stage: Stage, done: Searched) -> dict:
     result = {
         "stage": "search",
         "method": METHOD,
-        "variant": done.variant,
+        "variant": search_variant(allocation.meta.get("order")),  # as the fine-tunes name it
         "task": cfg.task.id,
         "backbone": cfg.backbone.id,
         "allocation": {"path": str(done.path), "summary": allocation.summary()},
