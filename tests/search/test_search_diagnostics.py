@@ -267,10 +267,19 @@ def test_search_run_writes_diagnostics_that_the_initial_gsvs_confirm(tmp_path, c
         "history",
         # the credit meter's report: per-module signal-to-noise and its summary
         "credit_snr", "credit_steps", "credit/expert_snr", "credit/rank_snr",
+        "credit/expert_snr_mean", "credit/rank_snr_mean",
         "credit/expert_noise_share", "credit/rank_noise_share",
     }  # fmt: skip
     assert set(diag) == expected_keys  # no budget: no budget_control entry
     assert len(diag["credit_snr"]) == len(written.modules) and diag["credit_steps"] > 0
+    for kind in ("expert", "rank"):  # the summary: median and mean of the per-module SNRs
+        per = sorted(m[kind] for m in diag["credit_snr"].values())
+        half = len(per) // 2
+        median = per[half] if len(per) % 2 else (per[half - 1] + per[half]) / 2
+        assert diag[f"credit/{kind}_snr"] == pytest.approx(median)
+        assert diag[f"credit/{kind}_snr_mean"] == pytest.approx(sum(per) / len(per))
+        noise = sum(v < 1 for v in per) / len(per)
+        assert diag[f"credit/{kind}_noise_share"] == pytest.approx(noise)
     steps = int(cfg.trainer.max_steps)
     assert diag["steps"] == steps == written.meta["steps"] and diag["start_step"] == 0
     assert diag["tail_steps"] == math.ceil(0.1 * steps)
@@ -321,8 +330,10 @@ def test_report_lines_say_what_the_credit_and_the_budget_did():
     report = {
         **tracker.report(),
         "credit/expert_snr": 0.5,
+        "credit/expert_snr_mean": 0.8,
         "credit/expert_noise_share": 0.75,
         "credit/rank_snr": 2.0,
+        "credit/rank_snr_mean": 1.5,
         "credit/rank_noise_share": 0.25,
         "budget_control": {"spent": 1234.0, "price": 0.01},
     }
@@ -336,7 +347,16 @@ def test_report_lines_say_what_the_credit_and_the_budget_did():
         "scaled": {"mode": "rank", "before": 1500, "after": 1999},
     }
     lines = report_lines(report, {"kind": "params", "value": 2000, "spent": 1999, "fit": fit})
-    assert "experts 0.50 (75.0% of modules noise), ranks 2.00 (25.0% noise)" in lines[-3]
+    assert lines[-3].endswith(
+        "median over modules: experts 0.50 (mean 0.80, 75.0% of modules noise), "
+        "ranks 2.00 (mean 1.50, 25.0% of modules noise)"
+    )
+    # a report written before the median was logged has one value per kind
+    old = {k: v for k, v in report.items() if not k.endswith("_snr_mean")}
+    line = next(x for x in report_lines(old, None) if "signal-to-noise" in x)
+    assert line.endswith(
+        "experts 0.50 (75.0% of modules noise), ranks 2.00 (25.0% of modules noise)"
+    )
     assert lines[-2] == (
         "  budget params 2,000 inside the search: read-out spends 1,234 (price 0.01), trim "
         "removed 1 expert / 2 rank units, fill (spend) added 3 / 4, then grown in proportion from "

@@ -330,6 +330,15 @@ class SearchDiagnostics:
 
 
 # -- what the user reads ------------------------------------------------------------------------
+def _snr(report: dict, kind: str) -> str:
+    """``median (mean m, s% of modules noise)``; reports written before the median was
+    logged (``credit/<kind>_snr`` was then the mean) show the one value they have."""
+    head = f"{report[f'credit/{kind}_snr']:.2f}"
+    mean = report.get(f"credit/{kind}_snr_mean")
+    noise = f"{_pct(report[f'credit/{kind}_noise_share'])} of modules noise"
+    return f"{head} (mean {mean:.2f}, {noise})" if mean is not None else f"{head} ({noise})"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -380,9 +389,8 @@ def report_lines(report: dict, budget: dict | None = None) -> list[str]:
     if "credit/expert_snr" in report:
         lines.append(
             f"  credit signal-to-noise (smoothed |credit| / its deviation, below 1: the sign is "
-            f"noise): experts {report['credit/expert_snr']:.2f} "
-            f"({_pct(report['credit/expert_noise_share'])} of modules noise), ranks "
-            f"{report['credit/rank_snr']:.2f} ({_pct(report['credit/rank_noise_share'])} noise)"
+            f"noise), median over modules: experts {_snr(report, 'expert')}, "
+            f"ranks {_snr(report, 'rank')}"
         )
     if budget is not None and budget.get("value") is not None:
         fit = budget.get("fit") or {}

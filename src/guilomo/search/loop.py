@@ -27,6 +27,7 @@ precision plugins, DDP and the step counter see them). What ends a search is
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -303,13 +304,16 @@ class SearchLoop:
         }
 
     def control_stats(self) -> dict[str, float]:
-        """``credit/*``: mean SNR and the share of modules whose expert / rank credit is noise
-        (SNR < 1); ``budget/*``: the price of capacity and what the read-out spends."""
+        """``credit/*``: the modules' median SNR (``_snr``; >= 1: most modules' credit is
+        heard), their mean SNR (``_snr_mean``, pulled up by a few loud modules) and the share
+        of modules whose expert / rank credit is noise (SNR < 1); ``budget/*``: the price of
+        capacity and what the read-out spends."""
         report = self.credit_report()
         out = {}
         for kind in ("expert", "rank"):
             values = [r[kind] for r in report.values()]
-            out[f"credit/{kind}_snr"] = sum(values) / len(values)
+            out[f"credit/{kind}_snr"] = statistics.median(values)
+            out[f"credit/{kind}_snr_mean"] = statistics.fmean(values)
             out[f"credit/{kind}_noise_share"] = sum(v < 1 for v in values) / len(values)
         if self.pricing is not None and self.pricing.last:
             out["budget/price"] = self.pricing.last["price"]
