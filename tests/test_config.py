@@ -4,6 +4,7 @@ import hydra
 import pytest
 from compose import compose_cfg, options
 from lightning.pytorch import Trainer
+from omegaconf import OmegaConf
 
 from guilomo.baselines import uniform_moe
 from guilomo.budget import Budget
@@ -140,3 +141,19 @@ def test_group_options_extend_a_shared_base(group):
         parents = [d for d in spec.get("defaults", []) if d != "_self_"]
         assert parents, f"conf/{group}/{name}.yaml does not extend a base"
         assert "_target_" not in spec.get("datamodule", spec), f"{group}/{name} repeats _target_"
+
+
+def test_positive_search_heard_is_positive_search_with_its_five_overrides(tmp_path):
+    """docs/results.md Run 4 ran the variant as overrides of positive_search; the
+    experiment file must compose to exactly that configuration."""
+    variant = [
+        "task.datamodule.eval_batch_size=64",
+        "search.outer_every=2",
+        "search.outer.lr=6e-2",
+        "search.parsimony_expert=0",
+        "search.parsimony_rank=0",
+    ]
+    named = compose_cfg("search", ["experiment=positive_search_heard", "seed=2"], tmp_path)
+    spelled = compose_cfg("search", ["experiment=positive_search", "seed=2", *variant], tmp_path)
+    assert OmegaConf.to_container(named) == OmegaConf.to_container(spelled)
+    assert named.search.parsimony_rank == 0 and named.task.datamodule.eval_batch_size == 64
