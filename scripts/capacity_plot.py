@@ -109,31 +109,37 @@ def table(data, metric: str, reference: str = "uniform") -> str:
     return "\n".join(lines)
 
 
+def _short(b: int) -> str:
+    return f"{b / 1e6:.3g}M" if b >= 1_000_000 else f"{b / 1e3:.3g}k"
+
+
 def plot(data, metric: str, path: str, reference: str = "uniform") -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = {m: f"C{i}" for i, m in enumerate(sorted(data))}  # one colour per method
     for method, per in sorted(data.items()):
         bs = sorted(per)
         means = [statistics.fmean(per[b].values()) for b in bs]
         sds = [statistics.stdev(per[b].values()) if len(per[b]) > 1 else 0.0 for b in bs]
-        left.errorbar(bs, means, yerr=sds, marker="o", capsize=3, label=method)
+        left.errorbar(bs, means, yerr=sds, marker="o", capsize=3, label=method, c=colours[method])
     left.set_ylabel(f"held-out {metric} (lower is better)")
     left.set_title("scores (bars: std over seeds, mostly the test split's)", fontsize=9)
     for name, per in paired_curves(data, reference).items():
         bs = sorted(per)
-        label = (
-            f"{reference}: minus itself at the smallest budget"
-            if name == "gain"
-            else f"{name} minus {reference}"
-        )
+        if name == "gain":
+            label, colour = f"{reference} minus itself at the smallest budget", colours[reference]
+        else:
+            label, colour = f"{name} minus {reference}", colours[name]
         halves = [per[b]["half"] or 0.0 for b in bs]
-        right.errorbar(
-            bs, [per[b]["mean"] for b in bs], yerr=halves, marker="o", capsize=3, label=label
-        )
+        means = [per[b]["mean"] for b in bs]
+        right.errorbar(bs, means, yerr=halves, marker="o", capsize=3, label=label, c=colour)
     right.axhline(0.0, color="grey", lw=0.8)
     right.set_ylabel(f"paired difference in {metric}")
     right.set_title("paired by seed (bars: 95 % CI)", fontsize=9)
+    budgets = sorted({b for per in data.values() for b in per})
     for ax in (left, right):
         ax.set_xscale("log")
+        ax.set_xticks(budgets, [_short(b) for b in budgets])
+        ax.minorticks_off()
         ax.set_xlabel("trainable parameters (budget)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
