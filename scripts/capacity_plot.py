@@ -12,13 +12,12 @@ and explicit budget value, and prints two markdown tables and a two-panel plot:
   budget, seed by seed (below 0: the extra parameters lowered the loss), and
   ``placement``: every other method minus the reference at the same budget and seed
   (above 0: the placement lost), each with its 95 % t-interval
-  (:func:`guilomo.results.t95`).
+  (:func:`guilomo.results.mean_interval`).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 
@@ -27,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from guilomo.results import collect, t95  # noqa: E402
+from guilomo.results import collect, mean_interval  # noqa: E402
 
 
 def curve(dirs, metric: str = "nll", methods=None) -> dict[str, dict[int, dict[int, float]]]:
@@ -43,9 +42,8 @@ def curve(dirs, metric: str = "nll", methods=None) -> dict[str, dict[int, dict[i
 
 def interval(diffs: list[float]) -> dict:
     """Mean, 95 % t-interval half-width (None for one value) and count of ``diffs``."""
-    n, mean = len(diffs), statistics.fmean(diffs)
-    half = t95(n - 1) * statistics.stdev(diffs) / math.sqrt(n) if n > 1 else None
-    return {"mean": mean, "half": half, "n": n}
+    mean, _, half = mean_interval(diffs)
+    return {"mean": mean, "half": half, "n": len(diffs)}
 
 
 def paired_curves(data, reference: str = "uniform") -> dict[str, dict[int, dict]]:
@@ -54,10 +52,10 @@ def paired_curves(data, reference: str = "uniform") -> dict[str, dict[int, dict]
     ref = data.get(reference, {})
     out: dict[str, dict[int, dict]] = {}
     if ref:
-        low = ref[min(ref)]
-        for b, per in sorted(ref.items()):
-            diffs = [per[s] - low[s] for s in sorted(per) if s in low]
-            if b != min(ref) and diffs:
+        lowest, *higher = sorted(ref)
+        for b in higher:
+            diffs = [ref[b][s] - ref[lowest][s] for s in sorted(ref[b]) if s in ref[lowest]]
+            if diffs:
                 out.setdefault("gain", {})[b] = interval(diffs)
     for method, by_budget in sorted(data.items()):
         if method == reference:
@@ -78,8 +76,13 @@ def _cell(iv: dict) -> str:
     return f"{iv['mean']:+.4f}{half} ({iv['n']})"
 
 
-def table(data, metric: str, reference: str = "uniform") -> str:
-    budgets = sorted({b for per in data.values() for b in per})
+def budgets_of(data) -> list[int]:
+    return sorted({b for per in data.values() for b in per})
+
+
+def table(data, pairs, metric: str, reference: str = "uniform") -> str:
+    """The scores and the paired differences (``pairs``: :func:`paired_curves`) as markdown."""
+    budgets = budgets_of(data)
     head = "| | " + " | ".join(f"{b:,}" for b in budgets) + " |"
     rule = "|---|" + "---|" * len(budgets)
     lines = [f"{metric}: mean ± sample std over seeds (seeds)", "", head, rule]
@@ -90,7 +93,6 @@ def table(data, metric: str, reference: str = "uniform") -> str:
             sd = f" ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else ""
             cells.append(f"{statistics.fmean(vals):.4f}{sd} ({len(vals)})" if vals else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    pairs = paired_curves(data, reference)
     lines += [
         "",
         f"paired by seed: mean [95 % CI] (pairs); {metric}, lower is better",
@@ -113,7 +115,7 @@ def _short(b: int) -> str:
     return f"{b / 1e6:.3g}M" if b >= 1_000_000 else f"{b / 1e3:.3g}k"
 
 
-def plot(data, metric: str, path: str, reference: str = "uniform") -> None:
+def plot(data, pairs, metric: str, path: str, reference: str = "uniform") -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     colours = {m: f"C{i}" for i, m in enumerate(sorted(data))}  # one colour per method
     for method, per in sorted(data.items()):
@@ -123,7 +125,7 @@ def plot(data, metric: str, path: str, reference: str = "uniform") -> None:
         left.errorbar(bs, means, yerr=sds, marker="o", capsize=3, label=method, c=colours[method])
     left.set_ylabel(f"held-out {metric} (lower is better)")
     left.set_title("scores (bars: std over seeds, mostly the test split's)", fontsize=9)
-    for name, per in paired_curves(data, reference).items():
+    for name, per in pairs.items():
         bs = sorted(per)
         if name == "gain":
             label, colour = f"{reference} minus itself at the smallest budget", colours[reference]
@@ -135,7 +137,7 @@ def plot(data, metric: str, path: str, reference: str = "uniform") -> None:
     right.axhline(0.0, color="grey", lw=0.8)
     right.set_ylabel(f"paired difference in {metric}")
     right.set_title("paired by seed (bars: 95 % CI)", fontsize=9)
-    budgets = sorted({b for per in data.values() for b in per})
+    budgets = budgets_of(data)
     for ax in (left, right):
         ax.set_xscale("log")
         ax.set_xticks(budgets, [_short(b) for b in budgets])
@@ -159,8 +161,9 @@ def main(argv=None) -> int:
     if not data:
         print("no runs with a budget value and the metric", file=sys.stderr)
         return 1
-    print(table(data, args.metric, args.reference))
-    plot(data, args.metric, args.out, args.reference)
+    pairs = paired_curves(data, args.reference)
+    print(table(data, pairs, args.metric, args.reference))
+    plot(data, pairs, args.metric, args.out, args.reference)
     print(f"plot: {args.out}")
     return 0
 

@@ -1,5 +1,6 @@
 """Small fixture run folders laid out as train.py / search.py write them.
 
+``write_metrics(folder, ...)`` writes one bare run (``metrics.json`` alone).
 ``make_runs(root)`` writes a multirun of fine-tune runs (``metrics.json``,
 ``allocation.json``, ``.hydra/config.yaml``), one search run, one fine-tune run that
 died before writing ``metrics.json`` and one with a corrupt ``metrics.json``, and
@@ -43,6 +44,17 @@ def _allocation(method: str, task: str) -> Allocation:
             meta["pattern"] = [2, 4, 6, 8]
     modules = {n: ModuleAllocation((4,) * c) for n, c in zip(NAMES, counts, strict=True)}
     return Allocation(modules, top_k=1 if method == "lora" else 2, meta=meta)
+
+
+def write_metrics(
+    folder: Path, method: str, seed: int, finetuned: dict, budget: dict, **fields
+) -> None:
+    """A bare fine-tune run: only ``metrics.json``, with what the results reader groups by
+    (task ``t`` and backbone ``b`` unless ``fields`` say otherwise)."""
+    folder.mkdir(parents=True)
+    data = {"task": "t", "backbone": "b", "method": method, "seed": seed, **fields}
+    data.update(budget=budget, metrics={"finetuned": finetuned})
+    (folder / "metrics.json").write_text(json.dumps(data))
 
 
 def write_run(folder: Path, task: str, method: str, seed: int, *, with_method: bool = True) -> None:

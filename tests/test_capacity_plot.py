@@ -3,13 +3,13 @@ itself at the smallest budget, every other method against uniform at its budget)
 recomputed by a plain loop from synthetic runs, and the plot written."""
 
 import importlib.util
-import json
 import math
 import random
 import statistics
 from pathlib import Path
 
 import pytest
+from run_fixtures import write_metrics
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "capacity_plot.py"
 spec = importlib.util.spec_from_file_location("capacity_plot", SCRIPT)
@@ -30,18 +30,9 @@ def _make(root: Path) -> dict:
             for seed in seeds:
                 v = round(1.7 - 0.01 * BUDGETS.index(b) + rng.uniform(-0.05, 0.05), 5)
                 values[(method, b, seed)] = v
-                folder = root / f"run{i}"
-                folder.mkdir(parents=True)
-                data = {
-                    "task": "t",
-                    "backbone": "tiny_llama",
-                    "method": method,
-                    "seed": seed,
-                    "trainable_params": b,
-                    "budget": {"kind": "params", "value": b},
-                    "metrics": {"finetuned": {"nll": v, "n": 300}},
-                }
-                (folder / "metrics.json").write_text(json.dumps(data))
+                budget = {"kind": "params", "value": b}
+                finetuned = {"nll": v, "n": 300}
+                write_metrics(root / f"run{i}", method, seed, finetuned, budget)
                 i += 1
     return values
 

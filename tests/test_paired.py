@@ -1,12 +1,12 @@
 """guilomo.results --paired: the paired report against a plain hand-computed loop on
 synthetic metrics.json files (draws averaged per seed, pairs only at equal budget)."""
 
-import json
 import math
 import random
 import warnings
 
 import pytest
+from run_fixtures import write_metrics
 
 from guilomo import results
 
@@ -15,18 +15,9 @@ DRAWS = {"guilomo": 1, "lora": 1, "random": 3}
 
 
 def _write(root, i, task, method, seed, value, budget):
-    folder = root / f"run{i}"
-    folder.mkdir(parents=True)
-    data = {
-        "task": task,
-        "backbone": "tiny_llama",
-        "method": method,
-        "seed": seed,
-        "trainable_params": budget["value"],
-        "budget": budget,
-        "metrics": {"finetuned": {"accuracy": value, "n": 500}},
-    }
-    (folder / "metrics.json").write_text(json.dumps(data))
+    finetuned = {"accuracy": value, "n": 500}
+    fields = {"task": task, "backbone": "tiny_llama", "trainable_params": budget["value"]}
+    write_metrics(root / f"run{i}", method, seed, finetuned, budget, **fields)
 
 
 def _make(root) -> dict:
@@ -134,17 +125,7 @@ def test_lower_is_better_metric_is_signed_for_the_reference(tmp_path):
     i = 0
     for method, vals in losses.items():
         for seed, v in enumerate(vals, start=1):
-            folder = tmp_path / f"run{i}"
-            folder.mkdir()
-            data = {
-                "task": "t",
-                "backbone": "b",
-                "method": method,
-                "seed": seed,
-                "budget": budget,
-                "metrics": {"finetuned": {"accuracy": 0.5, "nll": v}},
-            }
-            (folder / "metrics.json").write_text(json.dumps(data))
+            write_metrics(tmp_path / f"run{i}", method, seed, {"accuracy": 0.5, "nll": v}, budget)
             i += 1
     (row,) = results.paired(results.collect([tmp_path]), "guilomo", metric="nll")
     assert row["diffs"] == pytest.approx([0.5, 0.1, -0.1])

@@ -1,7 +1,6 @@
 """The placement sensitivity check: its verdict from paired held-out losses (fast), and
 scripts/sensitivity.sh end to end on tiny_llama (slow)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -9,23 +8,17 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT, fast
+from run_fixtures import write_metrics
 
 from guilomo import results
 from guilomo.sensitivity import DOES_NOT, PARTLY, RANKS, main, verdicts
 
 
 def _write(root: Path, method: str, seed: int, nll: float) -> None:
-    folder = root / f"{method}_{seed}"
-    folder.mkdir(parents=True)
-    data = {
-        "task": "t",
-        "backbone": "b",
-        "method": method,
-        "seed": seed,
-        "budget": {"kind": "params", "value": 1000},
-        "metrics": {"finetuned": {"nll": nll, "accuracy": 0.5}},
-    }
-    (folder / "metrics.json").write_text(json.dumps(data))
+    finetuned = {"nll": nll, "accuracy": 0.5}
+    write_metrics(
+        root / f"{method}_{seed}", method, seed, finetuned, {"kind": "params", "value": 1000}
+    )
 
 
 def _runs(tmp_path, losses: dict[str, list[float]]):

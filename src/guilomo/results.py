@@ -340,6 +340,16 @@ def t95(df: int) -> float:
     )
 
 
+def mean_interval(values: Sequence[float]) -> tuple[float, float | None, float | None]:
+    """Mean, sample std and half-width of the 95 % t-interval of ``values`` (std and
+    half-width None for a single value)."""
+    n, mean = len(values), statistics.fmean(values)
+    if n < 2:
+        return mean, None, None
+    std = statistics.stdev(values)
+    return mean, std, t95(n - 1) * std / math.sqrt(n)
+
+
 def _budget_of(run: Run) -> tuple[str, tuple]:
     """``(label, exact)``: the budget setting a row groups by (``params=match`` for
     ``budget=match``, whose value is each seed's searched size; else ``kind=value``) and
@@ -426,9 +436,8 @@ def paired(
         diffs = [
             sign * (statistics.fmean(ours) - statistics.fmean(theirs)) for _, ours, theirs in items
         ]
-        n, mean = len(diffs), statistics.fmean(diffs)
-        std = statistics.stdev(diffs) if n > 1 else None
-        half = t95(n - 1) * std / math.sqrt(n) if std is not None else None
+        n = len(diffs)
+        mean, std, half = mean_interval(diffs)
         scores = [v for _, _, theirs in items for v in theirs]
         within = [statistics.variance(theirs) for _, _, theirs in items if len(theirs) > 1]
         rows.append(
