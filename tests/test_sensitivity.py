@@ -14,8 +14,8 @@ from guilomo import results
 from guilomo.sensitivity import DOES_NOT, PARTLY, RANKS, main, verdicts
 
 
-def _write(root: Path, method: str, seed: int, nll: float) -> None:
-    finetuned = {"nll": nll, "accuracy": 0.5}
+def _write(root: Path, method: str, seed: int, nll: float, **accuracies) -> None:
+    finetuned = {"nll": nll, **(accuracies or {"accuracy": 0.5})}
     write_metrics(
         root / f"{method}_{seed}", method, seed, finetuned, {"kind": "params", "value": 1000}
     )
@@ -68,6 +68,21 @@ def test_cli_prints_both_tables_and_the_verdict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "finetuned/nll (lower is better)" in out and "finetuned/accuracy" in out
     assert f"this setting {RANKS} (concentrated loses)" in out
+    assert "token_accuracy" not in out
+
+
+def test_cli_prints_token_accuracy_for_loss_mode_runs(tmp_path, capsys):
+    # loss-mode runs have no exact-match accuracy: their token accuracy is paired instead
+    accuracies = {"uniform": [0.40, 0.42, 0.44], "concentrated": [0.38, 0.41, 0.46]}
+    for method, values in accuracies.items():
+        for seed, v in enumerate(values, start=1):
+            _write(tmp_path, method, seed, 1.0 + seed / 10, token_accuracy=v)
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "finetuned/accuracy" not in out
+    table = out[out.index("finetuned/token_accuracy") :]
+    # uniform minus concentrated: (0.02 + 0.01 - 0.02) / 3; uniform won 2 seeds, lost 1
+    assert "+0.0033" in table and "| 2/1 |" in table
 
 
 @pytest.mark.slow

@@ -5,7 +5,9 @@
 
 Reads the fine-tune runs under ``DIR`` (:mod:`guilomo.results`), pairs every method with
 the reference placement (``uniform``) by task, budget and seed, and prints the paired
-intervals on the held-out loss (``nll``, lower is better) and on accuracy. The verdict,
+intervals on the held-out loss (``nll``, lower is better) and on accuracy (``accuracy``
+and, where the runs have it, ``token_accuracy``: the teacher-forced share of gold tokens
+that are the model's greedy choice, the accuracy of a ``loss``-mode run). The verdict,
 per task and budget, comes from the *poor* placements (deliberately bad ones at exactly
 the same size: ``concentrated``, ``concentrated_low``, ``inverted`` by default):
 
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 
 from guilomo.results import collect, paired, paired_markdown
 
-LOSS, ACCURACY = "nll", "accuracy"
+LOSS, ACCURACIES = "nll", ("accuracy", "token_accuracy")
 POOR = ("concentrated", "concentrated_low", "inverted")
 MIN_SEEDS = 3
 RANKS, PARTLY, DOES_NOT = "ranks allocations", "partly", "does not rank allocations"
@@ -51,12 +53,14 @@ def verdicts(rows: Sequence[dict], poor: Sequence[str] = POOR) -> dict[tuple, di
 
 
 def report(dirs: Sequence[str], reference: str = "uniform", poor: Sequence[str] = POOR) -> str:
-    """The two paired tables and one verdict line per task and budget."""
+    """The paired tables (loss, then every accuracy the runs have; accuracy's empty
+    table if they have none) and one verdict line per task and budget."""
     runs = collect(dirs)
     loss_rows = paired(runs, reference, LOSS)
-    acc_rows = paired(runs, reference, ACCURACY)
     lines = [f"{len(runs)} runs", "", paired_markdown(loss_rows, reference), ""]
-    lines += [paired_markdown(acc_rows, reference), ""]
+    tables = [rows for rows in (paired(runs, reference, m) for m in ACCURACIES) if rows]
+    for rows in tables or [[]]:
+        lines += [paired_markdown(rows, reference), ""]
     found = verdicts(loss_rows, poor)
     if not found:
         lines.append(

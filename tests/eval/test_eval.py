@@ -123,9 +123,10 @@ OPTIONS = [
 ]
 
 
-def reference_scores(model, tokenizer, prompt, options):
-    """One pair at a time, no padding, full logits: sum of gathered log-softmax."""
-    out = []
+def reference_scores(model, tokenizer, prompt, options, hits=False):
+    """One pair at a time, no padding, full logits: sum of gathered log-softmax (with
+    ``hits``: the number of option tokens that are the argmax of their position)."""
+    out, greedy = [], []
     for opt in options:
         p = tokenizer(prompt)["input_ids"]
         o = tokenizer(opt, add_special_tokens=False)["input_ids"]
@@ -133,7 +134,8 @@ def reference_scores(model, tokenizer, prompt, options):
         with torch.no_grad():
             logp = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
         out.append(sum(float(logp[len(p) - 1 + t, tok]) for t, tok in enumerate(o)))
-    return out
+        greedy.append(sum(int(logp[len(p) - 1 + t].argmax()) == tok for t, tok in enumerate(o)))
+    return (out, greedy) if hits else out
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +211,32 @@ def test_option_scores_without_logits_to_keep(model, tokenizer):
     for x, y, z in zip(a.logprobs, b.logprobs, c.logprobs, strict=True):
         assert x == pytest.approx(y, abs=2e-4)
         assert z == pytest.approx(y, abs=2e-4)
+
+
+def test_greedy_hits_match_a_plain_loop(model, tokenizer):
+    """``hits`` (teacher-forced greedy matches) equal a one-pair-at-a-time argmax count,
+    in every scoring path; gold options made of the model's own greedy tokens hit on every
+    token, so the count is not trivially 0."""
+    greedy = []  # per prompt: 3 tokens the model itself picks, as text
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt)["input_ids"]
+        for _ in range(3):
+            with torch.no_grad():
+                ids = ids + [int(model(torch.tensor([ids])).logits[0, -1].argmax())]
+        greedy.append(ids[-3:])
+    options = [o + [tokenizer.decode(g)] for o, g in zip(OPTIONS, greedy, strict=True)]
+    expected = [
+        reference_scores(model, tokenizer, p, o, hits=True)[1]
+        for p, o in zip(PROMPTS, options, strict=True)
+    ]
+    assert sum(map(sum, expected)) > 0
+    for kwargs in ({"padding_side": "left"}, {"padding_side": "right"}, {"share_prompt": True}):
+        for batch_size in (1, 2):
+            scores = score_options(model, tokenizer, PROMPTS, options, batch_size, **kwargs)
+            assert scores.hits == expected, (kwargs, batch_size)
+    for i, g in enumerate(greedy):  # re-tokenising the decoded text may split differently
+        if tokenizer(options[i][-1], add_special_tokens=False)["input_ids"] == g:
+            assert expected[i][-1] == 3
 
 
 def test_option_tokens_are_tokenised_separately(tokenizer):
@@ -510,6 +538,13 @@ def test_nll_meter_by_hand():
     assert m.compute() == pytest.approx(6.0 / 6)
     with pytest.raises(ValueError, match="token"):
         m.update([1.0], [0])
+    assert m.token_accuracy() is None  # updates without hits
+    m = NllMeter()
+    m.update([3.0, 1.0], [2, 1], hits=[1, 1])
+    m.update([2.0], [3], hits=[0])
+    assert m.token_accuracy() == pytest.approx(2 / 6) and m.compute() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="hits"):
+        m.update([1.0], [2], hits=[3])
 
 
 def test_loss_mode_scores_only_the_gold_answers(model, tokenizer, reference):
@@ -522,6 +557,20 @@ def test_loss_mode_scores_only_the_gold_answers(model, tokenizer, reference):
         model, tokenizer, PROMPTS, [" no", " 4", " C"], options=OPTIONS, labels=labels,
         settings=EvalSettings(mode="loss"),
     )  # fmt: skip
-    assert loss == {"nll": pytest.approx(full["nll"]), "n": 3, "invalid": 0, "mode": "loss"}
+    assert loss == {
+        "nll": pytest.approx(full["nll"]),
+        "token_accuracy": pytest.approx(full["token_accuracy"]),
+        "n": 3,
+        "invalid": 0,
+        "mode": "loss",
+    }
     free = evaluate(model, tokenizer, PROMPTS, [" yes", " 4", " C"], settings=EvalSettings("loss"))
-    assert set(free) == {"nll", "n", "invalid", "mode"} and free["n"] == 3
+    assert set(free) == {"nll", "token_accuracy", "n", "invalid", "mode"} and free["n"] == 3
+    # token accuracy: the gold tokens' greedy hits over their count, by the plain loop
+    golds = [" yes", " 4", " C"]
+    ref = [
+        reference_scores(model, tokenizer, p, [g], hits=True)
+        for p, g in zip(PROMPTS, golds, strict=True)
+    ]
+    n = sum(len(tokenizer(g, add_special_tokens=False)["input_ids"]) for g in golds)
+    assert free["token_accuracy"] == pytest.approx(sum(r[1][0] for r in ref) / n)

@@ -27,7 +27,10 @@ those tokens (nats per token; lower is better). For option tasks the gold answer
 target option as scored (``loglik`` reuses its score; ``generate`` scores it once more);
 for free-form tasks it is the gold answer text (plus whatever suffix the caller gives in
 ``gold_suffix``, e.g. eos, as trained). Unlike accuracy it moves with every example's
-probability, so it resolves differences far below one example.
+probability, so it resolves differences far below one example. With it comes
+``token_accuracy``: the share of those gold tokens that are the model's greedy choice
+given the prompt and the gold tokens before them (teacher forcing), the accuracy that a
+free-form answer can be compared on in ``loss`` mode, where no answer is decoded.
 """
 
 from __future__ import annotations
@@ -170,6 +173,7 @@ def evaluate(
         nll.update(
             [-scores.logprobs[i][t] for i, t in enumerate(targets)],
             [scores.num_tokens[i][t] for i, t in enumerate(targets)],
+            None if scores.hits is None else [scores.hits[i][t] for i, t in enumerate(targets)],
         )
     else:
         gold = score_options(
@@ -181,9 +185,16 @@ def evaluate(
             share_prompt=True,
             progress=progress if s.mode == "loss" else None,
         )
-        nll.update([-lp[0] for lp in gold.logprobs], [n[0] for n in gold.num_tokens])
+        nll.update(
+            [-lp[0] for lp in gold.logprobs],
+            [n[0] for n in gold.num_tokens],
+            None if gold.hits is None else [h[0] for h in gold.hits],
+        )
+    held_out = {"nll": nll.compute()}
+    if nll.token_accuracy() is not None:
+        held_out["token_accuracy"] = nll.token_accuracy()
     if s.mode == "loss":  # the held-out loss alone: no decoding, no predictions
-        return {"nll": nll.compute(), "n": nll.examples(), "invalid": 0, "mode": s.mode}
+        return {**held_out, "n": nll.examples(), "invalid": 0, "mode": s.mode}
 
     if options is None:
         answers = [extract_answer(o, s.answer_pattern) for o in outputs]
@@ -208,7 +219,7 @@ def evaluate(
         tracker = Metrics(s.metrics, num_classes=num_classes)
         shown = preds
     tracker.update(preds, targets)
-    result: dict = {**tracker.compute(), "nll": nll.compute(), **tracker.totals(), "mode": s.mode}
+    result: dict = {**tracker.compute(), **held_out, **tracker.totals(), "mode": s.mode}
     if return_predictions:
         result["predictions"] = shown
         result["targets"] = golds if options is None else targets

@@ -126,22 +126,44 @@ def compute_metrics(
 class NllMeter:
     """Summed negative log-likelihood of gold-answer tokens over summed token counts.
 
-    ``update(nlls, tokens)`` takes each example's summed NLL (nats) and its token count;
-    ``compute`` is ``sum(nlls) / sum(tokens)`` over all updates (and all processes of a
-    data-parallel run): the token-weighted mean, NaN before any token.
+    ``update(nlls, tokens, hits)`` takes each example's summed NLL (nats), its token count
+    and, optionally, how many of its tokens were the model's greedy choice; ``compute``
+    is ``sum(nlls) / sum(tokens)`` over all updates (and all processes of a data-parallel
+    run): the token-weighted mean, NaN before any token. ``token_accuracy`` is
+    ``sum(hits) / sum(tokens)`` (teacher-forced token accuracy), ``None`` unless every
+    update had hits.
     """
 
     def __init__(self):
         self._nll, self._tokens, self._examples = SumMetric(), SumMetric(), SumMetric()
+        self._hits = SumMetric()
+        self._all_hits = True
 
-    def update(self, nlls: Sequence[float], tokens: Sequence[int]) -> None:
+    def update(
+        self, nlls: Sequence[float], tokens: Sequence[int], hits: Sequence[int] | None = None
+    ) -> None:
         if len(nlls) != len(tokens):
             raise ValueError(f"{len(nlls)} losses but {len(tokens)} token counts")
         if any(int(t) < 1 for t in tokens):
             raise ValueError("every scored answer must have at least one token")
+        if hits is None:
+            self._all_hits = False
+        elif len(hits) != len(tokens) or any(
+            not 0 <= h <= t for h, t in zip(hits, tokens, strict=True)
+        ):
+            raise ValueError("hits must be one count per answer, between 0 and its tokens")
+        else:
+            self._hits.update(torch.tensor(float(sum(hits)), dtype=torch.float64))
         self._nll.update(torch.tensor(float(sum(nlls)), dtype=torch.float64))
         self._tokens.update(torch.tensor(float(sum(int(t) for t in tokens)), dtype=torch.float64))
         self._examples.update(torch.tensor(float(len(tokens)), dtype=torch.float64))
+
+    def token_accuracy(self) -> float | None:
+        """Greedy hits over gold tokens, or ``None`` if some update came without hits."""
+        if not self._all_hits:
+            return None
+        tokens = float(self._tokens.compute())
+        return float(self._hits.compute()) / tokens if tokens > 0 else None
 
     def examples(self) -> int:
         """Examples scored (over all processes)."""

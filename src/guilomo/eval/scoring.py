@@ -14,8 +14,10 @@ scoring each pair alone. Only the positions that predict option tokens are sent
 through the LM head when the model's ``forward`` takes ``logits_to_keep``. Log-
 softmax is taken in fp32.
 
-:class:`OptionScores` holds the summed log-probabilities and the option lengths in
-tokens and characters; ``predictions(normalize=...)`` picks the argmax of the sum
+:class:`OptionScores` holds the summed log-probabilities, the option lengths in
+tokens and characters, and ``hits``: how many of the option's tokens are the model's
+greedy (argmax, first on ties) choice given everything before them, i.e. teacher-forced
+token accuracy, a far finer "accuracy" than exact match for a free-form answer; ``predictions(normalize=...)`` picks the argmax of the sum
 (``"none"``), of the mean per token (``"tokens"``) or per character (``"chars"``).
 Ties go to the first option.
 """
@@ -35,11 +37,13 @@ NORMALIZATIONS = ("none", "tokens", "chars")
 
 @dataclass
 class OptionScores:
-    """Per example, per option: summed log-prob, token count and character count."""
+    """Per example, per option: summed log-prob, token count, character count and greedy
+    hits (``None`` where not counted)."""
 
     logprobs: list[list[float]]
     num_tokens: list[list[int]]
     num_chars: list[list[int]]
+    hits: list[list[int]] | None = None
 
     def normalized(self, normalize: str = "none") -> list[list[float]]:
         if normalize not in NORMALIZATIONS:
@@ -129,8 +133,9 @@ def score_options(
     logprobs = [[0.0] * len(o) for o in options]
     num_tokens = [[0] * len(o) for o in options]
     num_chars = [[len(x) for x in o] for o in options]
+    hits = [[0] * len(o) for o in options]
     if not items:
-        return OptionScores(logprobs, num_tokens, num_chars)
+        return OptionScores(logprobs, num_tokens, num_chars, hits)
 
     pad_id = pad_id_of(tokenizer)
     device = next(model.parameters()).device
@@ -175,14 +180,16 @@ def score_options(
             tgt = torch.tensor(targets, device=dev)[:, None]
             lp = torch.log_softmax(picked, dim=-1).gather(-1, tgt)
             lp = lp.squeeze(-1).cpu()
+            hit = (picked.argmax(-1) == tgt[:, 0]).cpu()
             k = 0
             for i, j, _, n in batch:
                 logprobs[i][j] = float(lp[k : k + n].sum())
                 num_tokens[i][j] = n
+                hits[i][j] = int(hit[k : k + n].sum())
                 k += n
     finally:
         model.train(was_training)
-    return OptionScores(logprobs, num_tokens, num_chars)
+    return OptionScores(logprobs, num_tokens, num_chars, hits)
 
 
 @torch.no_grad()
@@ -217,6 +224,7 @@ def score_options_cached(
     logprobs = [[0.0] * len(o) for o in options]
     num_tokens = [[len(x) for x in e[1]] for e in enc]
     num_chars = [[len(x) for x in o] for o in options]
+    hits = [[0] * len(o) for o in options]
     order = sorted(range(len(enc)), key=lambda i: -len(enc[i][0]))
     was_training = model.training
     model.eval()
@@ -238,6 +246,7 @@ def score_options_cached(
                 **({"logits_to_keep": 1} if keep else {}),
             )
             first = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()
+            first_best = first.argmax(-1)
             pair_src, pair_opt = [], []
             for b, i in enumerate(rows):
                 for j in range(len(enc[i][1])):
@@ -264,11 +273,15 @@ def score_options_cached(
                     **({"logits_to_keep": o_width} if keep else {}),
                 ).logits[:, -o_width:-1]
                 rest = torch.log_softmax(rest.float(), -1).cpu()
+                rest_best = rest.argmax(-1)
             for k, (i, j, o) in enumerate(pair_opt):
                 lp = float(first[pair_src[k], o[0]])
+                hit = int(int(first_best[pair_src[k]]) == o[0])
                 for t in range(1, len(o)):
                     lp += float(rest[k, t - 1, o[t]])
+                    hit += int(int(rest_best[k, t - 1]) == o[t])
                 logprobs[i][j] = lp
+                hits[i][j] = hit
     finally:
         model.train(was_training)
-    return OptionScores(logprobs, num_tokens, num_chars)
+    return OptionScores(logprobs, num_tokens, num_chars, hits)
