@@ -2,6 +2,7 @@
 
     python scripts/rescore.py chains/compare          # every run under the folders
     python scripts/rescore.py <run> --dry-run         # print, write nothing
+    python scripts/rescore.py <runs> --metrics token_accuracy,nll
 
 For runs made before a metric existed (``token_accuracy`` arrived after Run 4's first
 fine-tunes). For each run folder (one with ``metrics.json``, ``adapter/`` and
@@ -10,9 +11,11 @@ run's backbone (:func:`guilomo.from_pretrained`; a peft AdaLoRA adapter through
 ``peft.PeftModel``), the run's datamodule from its config (the same test split), and its
 eval settings (:func:`guilomo.finetune.evaluation.evaluate_datamodule`). The fine-tuned
 held-out loss must come out as stored (``--tol``), else the run is refused: it is not
-the same model or split. Then only the metrics the run lacks are added to
-``metrics.json`` (and its ``scalars``), written atomically; no stored value changes, and
-``rescored`` records which keys were added. Exits 1 if any run was refused.
+the same model or split. Then the asked metrics (``--metrics``, default
+``token_accuracy``) that the run lacks are added to ``metrics.json`` (and its
+``scalars``), written atomically; no stored value changes, and ``rescored`` records
+which keys were added. A run that already has every asked metric is skipped unloaded.
+Exits 1 if any run was refused or could not give an asked metric.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from guilomo.pipeline import build_backbone, build_datamodule
 from guilomo.utils.io import atomic_write_text
 
 STAGE = "finetuned"
+DEFAULT_METRICS = ("token_accuracy",)
 
 
 def run_folders(paths) -> list[Path]:
@@ -53,9 +57,16 @@ def load_model(run: Path, cfg):
         return PeftModel.from_pretrained(base, run / "adapter").eval(), tokenizer
 
 
-def rescore(run: Path, tol: float = 1e-4, dry_run: bool = False) -> dict:
+def missing(run: Path, metrics=DEFAULT_METRICS) -> list[str]:
+    """The asked ``metrics`` that the run's fine-tuned record lacks."""
+    stored = json.loads((run / "metrics.json").read_text())["metrics"][STAGE]
+    return [m for m in metrics if m not in stored]
+
+
+def rescore(run: Path, tol: float = 1e-4, dry_run: bool = False, metrics=DEFAULT_METRICS) -> dict:
     """``{"added": {key: value}, "nll": (stored, again)}`` of one run; raises
-    ``ValueError`` if the fine-tuned held-out loss does not reproduce."""
+    ``ValueError`` if the fine-tuned held-out loss does not reproduce or an asked metric
+    does not come out of the run's evaluation."""
     path = run / "metrics.json"
     record = json.loads(path.read_text())
     stored = record["metrics"][STAGE]
@@ -67,8 +78,13 @@ def rescore(run: Path, tol: float = 1e-4, dry_run: bool = False) -> dict:
             f"{run}: held-out loss {again['nll']:.6f} again, {stored.get('nll')} stored: not "
             f"the same model or test split (or raise --tol); nothing written"
         )
-    numeric = {k: v for k, v in again.items() if isinstance(v, int | float) and k != "n"}
-    added = {k: v for k, v in numeric.items() if k not in stored}
+    absent = [m for m in metrics if m not in again]
+    if absent:
+        raise ValueError(
+            f"{run}: its evaluation (eval.mode={cfg.eval.mode}) gives no {absent}; it gives "
+            f"{sorted(again)}"
+        )
+    added = {m: again[m] for m in metrics if m not in stored}
     if added and not dry_run:
         stored.update(added)
         record.setdefault("scalars", {}).update(
@@ -86,7 +102,13 @@ def main(argv=None) -> int:
     p.add_argument("dirs", nargs="+", help="run folders, or folders to search for runs")
     p.add_argument("--tol", type=float, default=1e-4, help="held-out loss tolerance (nats)")
     p.add_argument("--dry-run", action="store_true", help="score and print, write nothing")
+    p.add_argument(
+        "--metrics",
+        default=",".join(DEFAULT_METRICS),
+        help="comma list of the metrics to add where missing (default: %(default)s)",
+    )
     args = p.parse_args(argv)
+    metrics = [m for m in args.metrics.split(",") if m]
     runs = run_folders(args.dirs)
     if not runs:
         print(
@@ -95,8 +117,11 @@ def main(argv=None) -> int:
         return 1
     refused = 0
     for run in runs:
+        if not missing(run, metrics):
+            print(f"{run}: has {', '.join(metrics)}; skipped")
+            continue
         try:
-            out = rescore(run, args.tol, args.dry_run)
+            out = rescore(run, args.tol, args.dry_run, metrics)
         except ValueError as e:
             print(f"rescore: {e}", file=sys.stderr)
             refused += 1

@@ -70,10 +70,13 @@ def test_rescore_restores_a_missing_metric(tmp_path, allocation, capsys):
     assert got["nll"] == fin["nll"]  # stored values are never rewritten
     assert "added token_accuracy=" in capsys.readouterr().out
 
-    # nothing left to add: the file is unchanged
+    # nothing left to add: skipped without loading anything, the file unchanged
     before = path.read_text()
     assert rescore.main([str(run)]) == 0
-    assert path.read_text() == before and "added nothing" in capsys.readouterr().out
+    assert path.read_text() == before and "skipped" in capsys.readouterr().out
+    # a metric this run's evaluation does not give (a loss-mode run has no accuracy)
+    assert rescore.main([str(run), "--metrics", "accuracy"]) == 1
+    assert path.read_text() == before and "gives no ['accuracy']" in capsys.readouterr().err
 
     # a stored loss that does not reproduce: refused, nothing written
     wrong = json.loads(before)
