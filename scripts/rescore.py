@@ -31,6 +31,7 @@ from peft import PeftModel
 from guilomo import from_pretrained
 from guilomo.allocation import AllocationError
 from guilomo.finetune.evaluation import evaluate_datamodule
+from guilomo.finetune.run import result_scalars
 from guilomo.pipeline import build_backbone, build_datamodule
 from guilomo.utils.io import atomic_write_text
 
@@ -57,19 +58,17 @@ def load_model(run: Path, cfg):
         return PeftModel.from_pretrained(base, run / "adapter").eval(), tokenizer
 
 
-def missing(run: Path, metrics=DEFAULT_METRICS) -> list[str]:
-    """The asked ``metrics`` that the run's fine-tuned record lacks."""
-    stored = json.loads((run / "metrics.json").read_text())["metrics"][STAGE]
-    return [m for m in metrics if m not in stored]
-
-
 def rescore(run: Path, tol: float = 1e-4, dry_run: bool = False, metrics=DEFAULT_METRICS) -> dict:
-    """``{"added": {key: value}, "nll": (stored, again)}`` of one run; raises
+    """``{"added": {key: value}, "nll": (stored, again)}`` of one run, or ``{"added": {},
+    "nll": None}`` without loading anything if it has every asked metric; raises
     ``ValueError`` if the fine-tuned held-out loss does not reproduce or an asked metric
     does not come out of the run's evaluation."""
     path = run / "metrics.json"
     record = json.loads(path.read_text())
     stored = record["metrics"][STAGE]
+    wanted = [m for m in metrics if m not in stored]
+    if not wanted:
+        return {"added": {}, "nll": None}
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     model, tokenizer = load_model(run, cfg)
     again = evaluate_datamodule(model, tokenizer, build_datamodule(cfg, tokenizer), cfg.eval)
@@ -78,18 +77,17 @@ def rescore(run: Path, tol: float = 1e-4, dry_run: bool = False, metrics=DEFAULT
             f"{run}: held-out loss {again['nll']:.6f} again, {stored.get('nll')} stored: not "
             f"the same model or test split (or raise --tol); nothing written"
         )
-    absent = [m for m in metrics if m not in again]
+    absent = [m for m in wanted if m not in again]
     if absent:
         raise ValueError(
             f"{run}: its evaluation (eval.mode={cfg.eval.mode}) gives no {absent}; it gives "
             f"{sorted(again)}"
         )
-    added = {m: again[m] for m in metrics if m not in stored}
-    if added and not dry_run:
+    added = {m: again[m] for m in wanted}
+    if not dry_run:
         stored.update(added)
-        record.setdefault("scalars", {}).update(
-            {f"test/{STAGE}/{k}": float(v) for k, v in added.items()}
-        )
+        # the loggers' names for the new numbers, by the fine-tune's own rule
+        record["scalars"] = {**record.get("scalars", {}), **result_scalars(record)}
         record.setdefault("rescored", {})[STAGE] = sorted(added)
         atomic_write_text(path, json.dumps(record, indent=1))
     return {"added": added, "nll": (stored["nll"], again["nll"])}
@@ -117,16 +115,16 @@ def main(argv=None) -> int:
         return 1
     refused = 0
     for run in runs:
-        if not missing(run, metrics):
-            print(f"{run}: has {', '.join(metrics)}; skipped")
-            continue
         try:
             out = rescore(run, args.tol, args.dry_run, metrics)
         except ValueError as e:
             print(f"rescore: {e}", file=sys.stderr)
             refused += 1
             continue
-        added = ", ".join(f"{k}={v:.4f}" for k, v in out["added"].items()) or "nothing"
+        if out["nll"] is None:
+            print(f"{run}: has {', '.join(metrics)}; skipped")
+            continue
+        added = ", ".join(f"{k}={v:.4f}" for k, v in out["added"].items())
         print(f"{run}: nll {out['nll'][1]:.4f} (stored {out['nll'][0]:.4f}); added {added}")
     return 1 if refused else 0
 

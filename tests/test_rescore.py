@@ -66,6 +66,9 @@ def test_rescore_restores_a_missing_metric(tmp_path, allocation, capsys):
     got = new["metrics"]["finetuned"]
     assert got["token_accuracy"] == pytest.approx(fin["token_accuracy"], abs=1e-9)
     assert new["scalars"]["test/finetuned/token_accuracy"] == got["token_accuracy"]
+    assert {k: v for k, v in new["scalars"].items() if k != "test/finetuned/token_accuracy"} == (
+        old["scalars"]
+    )
     assert new["rescored"] == {"finetuned": ["token_accuracy"]}
     assert got["nll"] == fin["nll"]  # stored values are never rewritten
     assert "added token_accuracy=" in capsys.readouterr().out

@@ -191,8 +191,9 @@ def evaluate(
             None if gold.hits is None else [h[0] for h in gold.hits],
         )
     held_out = {"nll": nll.compute()}
-    if nll.token_accuracy() is not None:
-        held_out["token_accuracy"] = nll.token_accuracy()
+    token_accuracy = nll.token_accuracy()  # computed once: each compute syncs processes
+    if token_accuracy is not None:
+        held_out["token_accuracy"] = token_accuracy
     if s.mode == "loss":  # the held-out loss alone: no decoding, no predictions
         return {**held_out, "n": nll.examples(), "invalid": 0, "mode": s.mode}
 

@@ -246,7 +246,7 @@ def score_options_cached(
                 **({"logits_to_keep": 1} if keep else {}),
             )
             first = torch.log_softmax(out.logits[:, -1].float(), -1).cpu()
-            first_best = first.argmax(-1)
+            first_best = first.argmax(-1).tolist()
             pair_src, pair_opt = [], []
             for b, i in enumerate(rows):
                 for j in range(len(enc[i][1])):
@@ -273,13 +273,13 @@ def score_options_cached(
                     **({"logits_to_keep": o_width} if keep else {}),
                 ).logits[:, -o_width:-1]
                 rest = torch.log_softmax(rest.float(), -1).cpu()
-                rest_best = rest.argmax(-1)
+                rest_best = rest.argmax(-1).tolist()
             for k, (i, j, o) in enumerate(pair_opt):
                 lp = float(first[pair_src[k], o[0]])
-                hit = int(int(first_best[pair_src[k]]) == o[0])
+                hit = int(first_best[pair_src[k]] == o[0])
                 for t in range(1, len(o)):
                     lp += float(rest[k, t - 1, o[t]])
-                    hit += int(int(rest_best[k, t - 1]) == o[t])
+                    hit += int(rest_best[k][t - 1] == o[t])
                 logprobs[i][j] = lp
                 hits[i][j] = hit
     finally:
