@@ -143,29 +143,35 @@ def test_group_options_extend_a_shared_base(group):
         assert "_target_" not in spec.get("datamodule", spec), f"{group}/{name} repeats _target_"
 
 
-def test_positive_search_heard_is_positive_search_with_its_five_overrides(tmp_path):
-    """docs/results.md Run 4 ran the variant as overrides of positive_search; the
-    experiment file must compose to exactly that configuration."""
-    variant = [
-        "task.datamodule.eval_batch_size=64",
-        "search.outer_every=2",
-        "search.outer.lr=6e-2",
-        "search.parsimony_expert=0",
-        "search.parsimony_rank=0",
-    ]
-    named = compose_cfg("search", ["experiment=positive_search_heard", "seed=2"], tmp_path)
-    spelled = compose_cfg("search", ["experiment=positive_search", "seed=2", *variant], tmp_path)
-    assert OmegaConf.to_container(named) == OmegaConf.to_container(spelled)
-    assert named.search.parsimony_rank == 0 and named.task.datamodule.eval_batch_size == 64
+# Run 4's search variants, each run as overrides of its parent experiment, and each
+# one's own settings checked beside the equality
+RUN4_VARIANTS = {
+    "positive_search_heard": (
+        "positive_search",
+        [
+            "task.datamodule.eval_batch_size=64",
+            "search.outer_every=2",
+            "search.outer.lr=6e-2",
+            "search.parsimony_expert=0",
+            "search.parsimony_rank=0",
+        ],
+        {"search.parsimony_rank": 0, "task.datamodule.eval_batch_size": 64},
+    ),
+    "positive_search_bound": (
+        "positive_search_heard",
+        ["search.budget_lr=0.1"],
+        {"search.budget_lr": 0.1, "search.outer.schedule": "linear"},
+    ),
+}
 
 
-def test_positive_search_bound_is_the_heard_search_with_a_slower_price(tmp_path):
-    """docs/results.md Run 4 ran V7 as overrides of positive_search_heard; the experiment
+@pytest.mark.parametrize("name", sorted(RUN4_VARIANTS))
+def test_run4_search_variant_is_its_parent_with_its_overrides(name, tmp_path):
+    """docs/results.md Run 4 ran each variant as overrides of its parent; the experiment
     file must compose to exactly that configuration."""
-    variant = ["search.budget_lr=0.1"]
-    named = compose_cfg("search", ["experiment=positive_search_bound", "seed=2"], tmp_path)
-    spelled = compose_cfg(
-        "search", ["experiment=positive_search_heard", "seed=2", *variant], tmp_path
-    )
+    parent, variant, expected = RUN4_VARIANTS[name]
+    named = compose_cfg("search", [f"experiment={name}", "seed=2"], tmp_path)
+    spelled = compose_cfg("search", [f"experiment={parent}", "seed=2", *variant], tmp_path)
     assert OmegaConf.to_container(named) == OmegaConf.to_container(spelled)
-    assert named.search.budget_lr == 0.1 and named.search.outer.schedule == "linear"
+    for key, value in expected.items():
+        assert OmegaConf.select(named, key) == value, key
