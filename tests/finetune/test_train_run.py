@@ -10,7 +10,7 @@ from helpers import fast
 
 from guilomo.allocation import Allocation, AllocationError
 from guilomo.backbone import load_backbone
-from guilomo.finetune.run import run_train
+from guilomo.finetune.run import format_table, run_train
 from guilomo.moe import load_adapter
 from guilomo.pretrained import from_pretrained
 
@@ -181,3 +181,21 @@ def test_schedule_counts_epochs_when_max_steps_unset(tmp_path, monkeypatch):
     assert seen == [(1, 6)]
     fn = real(1, 6)
     assert fn(5) > 0 and fn(6) == 0.0
+
+
+def test_results_table_keeps_long_metric_names_apart_and_aligned():
+    """A name longer than the default column (token_accuracy) must not run into its
+    neighbour, and every value must end where its column's name ends."""
+    vals = {"accuracy": 0.5, "nll": 1.25, "token_accuracy": 0.875, "n": 10, "invalid": 0}
+    result = {
+        "metrics": {"zero_shot": dict(vals), "finetuned": dict(vals)},
+        "trainable_params": 1234,
+        "task": "t",
+        "backbone": "b",
+        "allocation": {"summary": "s"},
+    }
+    header, *rows = format_table(result).splitlines()[1:]
+    assert header.split() == ["accuracy", "nll", "token_accuracy", "trainable"]
+    for row in rows:
+        for name, text in [("nll", "1.2500"), ("token_accuracy", "0.8750")]:
+            assert row.index(text) + len(text) == header.index(name) + len(name), (name, row)

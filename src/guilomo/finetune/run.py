@@ -279,11 +279,15 @@ def format_table(result: dict) -> str:
             if isinstance(v, float) and k not in skip
         }
     )
-    rows = [f"{'':12s}" + "".join(f"{n:>14s}" for n in names) + f"{'trainable':>14s}"]
+    # every column at least 14 wide and 2 wider than its name, so no two names touch
+    width = {n: max(14, len(n) + 2) for n in names}
+    rows = [f"{'':12s}" + "".join(f"{n:>{width[n]}s}" for n in names) + f"{'trainable':>14s}"]
     for stage, vals in m.items():
         params = result["trainable_params"] if stage == "finetuned" else 0
         cells = "".join(
-            f"{vals[n]:>14.4f}" if isinstance(vals.get(n), (int, float)) else f"{'-':>14s}"
+            f"{vals[n]:>{width[n]}.4f}"
+            if isinstance(vals.get(n), (int, float))
+            else f"{'-':>{width[n]}s}"
             for n in names
         )
         rows.append(f"{stage:12s}{cells}{params:>14,d}")
