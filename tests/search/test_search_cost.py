@@ -10,6 +10,8 @@
 - warm-up prefixes and the seed-free start read out what they say.
 """
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -17,6 +19,7 @@ from torch import nn
 from guilomo.allocation import Allocation, ModuleAllocation
 from guilomo.budget import Budget
 from guilomo.moe import LoraMoEConfig
+from guilomo.search.config import SearchSettings
 from guilomo.search.cost import module_cost, readout_cost
 from guilomo.search.credit import CreditMeter, unit_values
 from guilomo.search.fill import ModuleCredits, fill_budget
@@ -186,3 +189,33 @@ def test_warmup_prefixes_and_seed_free_start():
         assert int(model[name].current_experts()) == 3
         assert model[name].current_ranks().tolist() == [2] * N
     assert int(uniform_gsvs(8, 5).argmax()) == 4
+
+
+@pytest.mark.parametrize("factor", [0.5, 4.0])  # the budget at half and at 4x the spend
+def test_the_gain_prices_the_current_over_spend_on_top_of_the_accumulated_price(factor):
+    """PI in log price: the cost gradient carries price * exp(gain * u), u the clipped
+    relative over-spend now, while the accumulated price moves by exp(lr * u) as without it."""
+    layers = [layer(6, 10, 0)]
+    spent = float(readout_cost(layers, "rank"))
+    budget = Budget("rank", max(1, int(spent * factor)))
+    gsv = [layers[0].gsv_expert, layers[0].gsv_rank]
+    credit = [torch.ones_like(p) for p in gsv]
+    plain = BudgetLagrangian(layers, budget, lr=0.2, price=1.5)
+    pi = BudgetLagrangian(layers, budget, lr=0.2, price=1.5, gain=2.0)
+    g_plain, g_pi = plain.penalty(gsv, credit), pi.penalty(gsv, credit)
+    u = max(-1.0, min(1.0, spent / budget.value - 1.0))  # by hand
+    assert pi.last["over"] == pytest.approx(u)
+    # the same accumulated price, the gradient scaled by exp(gain * u) on top of it
+    assert pi.price == pytest.approx(plain.price) == pytest.approx(1.5 * math.exp(0.2 * u))
+    assert torch.allclose(g_pi[1], g_plain[1] * math.exp(2.0 * u), rtol=1e-5)
+    assert pi.last["price"] == pytest.approx(pi.price * math.exp(2.0 * u))
+    assert pi.last["integral"] == pytest.approx(pi.price)
+    assert (pi.last["price"] > pi.price) == (u > 0)
+    assert plain.last["price"] == pytest.approx(plain.price)  # gain 0: one price, as before
+
+
+def test_a_negative_gain_is_refused_where_it_is_set():
+    with pytest.raises(ValueError, match="search.budget_gain=-1.0 must be >= 0"):
+        SearchSettings(budget_gain=-1.0)
+    with pytest.raises(ValueError, match="budget_gain"):
+        BudgetLagrangian([layer(6, 10, 0)], Budget("rank", 4), gain=-1.0)

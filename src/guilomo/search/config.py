@@ -92,6 +92,7 @@ class SearchSettings:
     budget_fill: str = "spend"  # after the search: spend (needed, then grown) | needed
     budget_lr: float = 0.3  # dual ascent step of the price of capacity
     budget_price: float = 1.0  # initial price (1: one unit costs a typical credit)
+    budget_gain: float = 0.0  # proportional gain on the log price (0: dual ascent alone)
     credit_ema: float = 0.9  # EMA factor of the credit meter (AdaLoRA's beta)
     smooth_credit: bool = True  # the outer optimiser steps on the smoothed credit
     parsimony_expert: float = 0.5  # moves judged pessimistically by this many deviations
@@ -156,6 +157,10 @@ class SearchSettings:
             raise ValueError(f"search.credit_ema={self.credit_ema} must be in [0, 1)")
         if self.budget_lr <= 0 or self.budget_price <= 0:
             raise ValueError("search.budget_lr and search.budget_price must be > 0")
+        if self.budget_gain < 0:
+            raise ValueError(
+                f"search.budget_gain={self.budget_gain} must be >= 0 (0: the dual ascent alone)"
+            )
         for key, top in (("start_experts", self.n_max), ("start_rank", self.r_max)):
             value = getattr(self, key)
             low = MIN_EXPERTS if key == "start_experts" else 1

@@ -21,6 +21,14 @@ read-out's exact cost in place of an expectation; :mod:`guilomo.search.cost`)::
       u   = clip(C / B - 1, -1, 1)            relative over-spend of the read-out
       price = clip(price * exp(lr * u), price_min, price_max)
 
+- With a ``gain`` (``search.budget_gain``, default 0) the controller is proportional-integral
+  in log price: the cost term is priced at ``price * exp(gain * u)``, the accumulated price
+  moved at once by the current over-spend. The integral alone lags the read-out (the GSVs
+  answer a price only after some outer steps), so a fast ``lr`` overshoots below the budget
+  and a slow one is still over it when the outer learning rate has decayed
+  (docs/results.md Run 4); the proportional part answers the current over-spend without
+  accumulating it. ``last["price"]`` is the price the current spend carries after the
+  step, ``last["integral"]`` its accumulated part (the same with ``gain=0``).
   Over the budget the price rises until enough modules give units back; under it the
   price falls towards ``price_min`` (about free), so modules whose units help grow and
   modules that need nothing still shrink: the budget is an upper bound, not a target.
@@ -45,6 +53,10 @@ from guilomo.search.cost import readout_cost, unit_cost
 PRICE_MIN, PRICE_MAX = 1e-3, 1e4
 
 
+def _clip(price: float) -> float:
+    return min(PRICE_MAX, max(PRICE_MIN, price))
+
+
 def _grads(value: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
     return list(torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True))
 
@@ -58,6 +70,7 @@ class BudgetLagrangian:
         lr: step of the exponentiated dual ascent.
         price: initial price (1: a unit is worth a typical credit).
         kappa_beta: EMA factor of the credit scale ``kappa``.
+        gain: proportional gain on the log price (0: the dual ascent alone).
     """
 
     def __init__(
@@ -67,14 +80,18 @@ class BudgetLagrangian:
         lr: float = 0.3,
         price: float = 1.0,
         kappa_beta: float = 0.9,
+        gain: float = 0.0,
     ):
         if not budget.active:
             raise ValueError("a budget-constrained search needs an active budget (budget=...)")
         if lr <= 0 or price <= 0:
             raise ValueError(f"search.budget_lr={lr} and search.budget_price={price} must be > 0")
+        if gain < 0:
+            raise ValueError(f"search.budget_gain={gain} must be >= 0")
         self.layers = list(layers)
         self.budget = budget
         self.lr, self.price, self.kappa_beta = float(lr), float(price), float(kappa_beta)
+        self.gain = float(gain)
         self.unit = unit_cost(self.layers, budget.kind)
         self.kappa: float | None = None
         self.last: dict = {}
@@ -93,15 +110,29 @@ class BudgetLagrangian:
         cost = self.cost()
         spent = float(cost.detach())
         grads = _grads(cost, gsv)
-        factor = self.price * kappa / self.unit
-        out = [g * factor for g in grads]
+        applied = self.applied_price(spent)
+        out = [g * (applied * kappa / self.unit) for g in grads]
         self.dual_step(spent)
         return out
 
+    def over(self, spent: float) -> float:
+        """Relative over-spend ``clip(spent / budget - 1, -1, 1)``."""
+        return max(-1.0, min(1.0, spent / self.budget.value - 1.0))
+
+    def applied_price(self, spent: float) -> float:
+        """The price the cost term carries: the accumulated price times ``exp(gain * u)``."""
+        return _clip(self.price * math.exp(self.gain * self.over(spent)))
+
     def dual_step(self, spent: float) -> None:
-        over = max(-1.0, min(1.0, spent / self.budget.value - 1.0))
-        self.price = min(PRICE_MAX, max(PRICE_MIN, self.price * math.exp(self.lr * over)))
-        self.last = {"spent": spent, "over": over, "price": self.price, "kappa": self.kappa or 0.0}
+        over = self.over(spent)
+        self.price = _clip(self.price * math.exp(self.lr * over))
+        self.last = {
+            "spent": spent,
+            "over": over,
+            "price": self.applied_price(spent),
+            "integral": self.price,
+            "kappa": self.kappa or 0.0,
+        }
 
     def state_dict(self) -> dict:
         return {"price": self.price, "kappa": self.kappa, "last": dict(self.last)}

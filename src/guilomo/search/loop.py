@@ -131,7 +131,13 @@ class SearchLoop:
         self.meter = CreditMeter(self.gsv, s.credit_ema)
         priced = self.budget.active and s.budget_mode == "lagrangian"
         self.pricing = (
-            BudgetLagrangian(list(self.layers.values()), self.budget, s.budget_lr, s.budget_price)
+            BudgetLagrangian(
+                list(self.layers.values()),
+                self.budget,
+                s.budget_lr,
+                s.budget_price,
+                gain=s.budget_gain,
+            )
             if priced
             else None
         )
