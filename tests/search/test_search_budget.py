@@ -19,9 +19,10 @@ in the slow suite). The rank and expert problems: both fills are checked.
 """
 
 import pytest
-from planted import planted_settings, search
+from planted import planted_settings, search, search_modules
 
 from guilomo.budget import Budget
+from guilomo.search.loop import SearchLoop
 
 # seed 0 in the fast suite, every seed in the slow one (make test-slow, run by CI)
 SEEDS = (0, *(pytest.param(s, marks=pytest.mark.slow) for s in (1, 2, 3, 4, 5)))
@@ -129,3 +130,28 @@ def test_a_noise_module_never_ends_with_more_than_a_needy_one(seed, value):
         assert in_search_space(alloc) and budget.measure(alloc, {}) <= value
         if settings.budget_fill == "spend":  # within one expert of r_max ranks
             assert value - budget.measure(alloc, {}) < NEEDED.r_max
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_proportional_price_keeps_the_answer(seed):
+    # search.budget_gain (docs/results.md Run 4, V10): the price answers the current
+    # over-spend at once; the module that needs rank still gets more, in the search space
+    budget = Budget("rank", 12)
+    read, final = search(
+        ["rank:6", "rank:1"],
+        seed,
+        budget,
+        settings=planted_settings(budget_fill="needed", budget_gain=2.0),
+    )
+    for alloc in (read, final):
+        assert total_rank(alloc, "m0") > total_rank(alloc, "m1"), alloc.summary()
+        assert in_search_space(alloc), alloc.summary()
+    assert budget.measure(final, {}) <= 12
+
+
+def test_the_loop_prices_with_the_configured_gain():
+    s = planted_settings(budget_gain=2.0, budget_lr=0.2)
+    loop = SearchLoop(
+        search_modules(2, s, 0), s, objective=lambda batch: 0.0, budget=Budget("rank", 12)
+    )
+    assert (loop.pricing.gain, loop.pricing.lr) == (2.0, 0.2)
