@@ -162,6 +162,12 @@ RUN4_VARIANTS = {
         ["search.budget_lr=0.1"],
         {"search.budget_lr": 0.1, "search.outer.schedule": "linear"},
     ),
+    # V10 ran as the bound search with the heard search's price step and a gain
+    "positive_search_pi": (
+        "positive_search_bound",
+        ["search.budget_lr=0.3", "search.budget_gain=2"],
+        {"search.budget_lr": 0.3, "search.budget_gain": 2.0, "search.outer_every": 2},
+    ),
 }
 
 
