@@ -21,6 +21,9 @@ read-out's exact cost in place of an expectation; :mod:`guilomo.search.cost`)::
       u   = clip(C / B - 1, -1, 1)            relative over-spend of the read-out
       price = clip(price * exp(lr * u), price_min, price_max)
 
+  Over the budget the price rises until enough modules give units back; under it the
+  price falls towards ``price_min`` (about free), so modules whose units help grow and
+  modules that need nothing still shrink: the budget is an upper bound, not a target.
 - With a ``gain`` (``search.budget_gain``, default 0) the controller is proportional-integral
   in log price: the cost term is priced at ``price * exp(gain * u)``, the accumulated price
   moved at once by the current over-spend. The integral alone lags the read-out (the GSVs
@@ -29,9 +32,6 @@ read-out's exact cost in place of an expectation; :mod:`guilomo.search.cost`)::
   (docs/results.md Run 4); the proportional part answers the current over-spend without
   accumulating it. ``last["price"]`` is the price the current spend carries after the
   step, ``last["integral"]`` its accumulated part (the same with ``gain=0``).
-  Over the budget the price rises until enough modules give units back; under it the
-  price falls towards ``price_min`` (about free), so modules whose units help grow and
-  modules that need nothing still shrink: the budget is an upper bound, not a target.
 
 After the search, :func:`guilomo.search.trim.fit_budget` trims what is still over
 (fewest units: the controller keeps the read-out near the budget) and
